@@ -1,0 +1,4 @@
+"""FinePhys nodes: pose."""
+
+NODE_CLASS_MAPPINGS = {}
+NODE_DISPLAY_NAME_MAPPINGS = {}
