@@ -287,8 +287,15 @@ def iter_bgr_uint8(images) -> Iterator[np.ndarray]:
     bad = [t for t in range(len(arr)) if not np.isfinite(arr[t]).all()]  # per frame: no full-size mask
     if bad:
         raise PoseError(f"images contain NaN or inf values (frames {bad[:5]})")
-    return (np.ascontiguousarray((frame[..., ::-1] * 255.0).round().clip(0, 255).astype(np.uint8))
-            for frame in arr)
+    return (_float_rgb_to_bgr_uint8(frame) for frame in arr)
+
+
+def _float_rgb_to_bgr_uint8(frame: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float RGB 0..1 → uint8 BGR, rounded and clipped (opencv: ~5x numpy's speed)."""
+    import cv2
+
+    frame = np.ascontiguousarray(frame, dtype=np.float32)
+    return cv2.convertScaleAbs(cv2.max(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), 0.0), alpha=255.0)
 
 
 def image_batch_to_bgr_uint8(images) -> list[np.ndarray]:
@@ -344,11 +351,12 @@ def _assemble(per_frame, image_size, fps: float, layout: str, num_joints: int, l
         if i is not None:
             keypoints[t], scores[t] = kp[i], sc[i]
     pose = Pose2D(keypoints, scores, image_size, fps, layout)
-    if layout_out == "h36m17":
-        return pose.to_h36m()
-    if layout_out != layout:
+    return pose.to_h36m() if layout_out == "h36m17" else pose
+
+
+def _check_layout_out(layout_out: str, layout: str) -> None:
+    if layout_out not in ("h36m17", layout):
         raise ValueError(f"layout_out must be 'h36m17' or the detector's own {layout!r}; got {layout_out!r}")
-    return pose
 
 
 def _checked_frames(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -409,6 +417,7 @@ def detect_poses(frames, detector: PoseDetector | DetectorConfig, fps: float = 2
     """
     if isinstance(detector, DetectorConfig):
         detector = PoseDetector(detector)
+    _check_layout_out(layout_out, detector.layout)
     if hasattr(frames, "shape"):  # an image batch, not an iterable of BGR frames
         frames = iter_bgr_uint8(frames)
     results, size = _run_frames(frames, detector, progress)
@@ -450,6 +459,7 @@ def detect_video(path: str | Path, config: DetectorConfig | PoseDetector | None 
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1 or None; got {max_frames}")
     detector = config if isinstance(config, PoseDetector) else PoseDetector(config)
+    _check_layout_out(layout_out, detector.layout)
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():

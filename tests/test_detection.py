@@ -230,6 +230,8 @@ def test_comfy_image_float_batch_matches_uint8_bgr(light):
     assert calls == [1, 1]
     assert_seen(pose.keypoints[1], expected_coco(box), atol=1e-3)
     np.testing.assert_array_equal(image_batch_to_bgr_uint8(bgr[None, ..., ::-1])[0], bgr)  # uint8 RGB
+    rgb = np.array([[[[1.2, 0.4, -0.1], [0.5 / 255, 1.5 / 255, 254.4 / 255]]]], np.float64)
+    np.testing.assert_array_equal(image_batch_to_bgr_uint8(rgb)[0], [[[0, 102, 255], [254, 2, 0]]])
 
 
 def test_bad_frames_give_clear_errors(light):
@@ -252,6 +254,8 @@ def test_bad_frames_give_clear_errors(light):
         detect_poses([good, frame(200, 416)], light)
     with pytest.raises(PoseError, match="no frames"):
         detect_poses([], light)
+    with pytest.raises(ValueError, match="layout_out"):
+        detect_poses([good], light, layout_out="halpe26")
 
 
 def test_threaded_frames_keep_order(model_dir):
@@ -312,6 +316,10 @@ def test_detect_video_stride_fps_and_errors(tmp_path, light):
     junk.write_bytes(b"not a video at all" * 10)
     with pytest.raises(PoseError, match="junk.mp4"):
         detect_video(junk, light)
+    import cv2
+    cv2.VideoWriter(str(tmp_path / "empty.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 64)).release()
+    with pytest.raises(PoseError, match="empty.avi has no readable frames"):
+        detect_video(tmp_path / "empty.avi", light)
 
 
 def test_detect_main_writes_pose_file(tmp_path, model_dir):
