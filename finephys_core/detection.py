@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -144,11 +145,17 @@ def resolve_model_file(url: str, model_dirs: Sequence[Path], allow_download: boo
                                 f"download {url} and unzip its end2end.onnx there as {name}")
     from rtmlib.tools.file import download_checkpoint
 
+    target = Path(model_dirs[0])
     try:
-        return download_checkpoint(url, dst_dir=str(model_dirs[0]))
-    except Exception as e:  # network, HTTP, zip: one message the user can act on
+        target.mkdir(parents=True, exist_ok=True)
+        # rtmlib unzips and then takes the first end2end.onnx anywhere under its folder: give it an empty
+        # one of its own so no other file in ours can be picked, and concurrent downloads do not collide.
+        with tempfile.TemporaryDirectory(dir=target, prefix=".download-") as tmp:
+            os.replace(download_checkpoint(url, dst_dir=tmp), target / name)
+        return str(target / name)
+    except Exception as e:  # network, HTTP, zip, disk: one message the user can act on
         raise FileNotFoundError(f"model file {name} not found in {where} and downloading {url} into "
-                                f"{model_dirs[0]} failed ({type(e).__name__}: {e}); download it by hand "
+                                f"{target} failed ({type(e).__name__}: {e}); download it by hand "
                                 f"and unzip its end2end.onnx there as {name}") from e
 
 

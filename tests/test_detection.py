@@ -154,6 +154,31 @@ def test_missing_model_with_downloads_blocked_names_file_and_folder(tmp_path):
         PoseDetector(DetectorConfig(pose_path=tmp_path / "nope.onnx", det_path=tmp_path / "x")).model_files()
 
 
+def test_download_lands_in_model_dir_as_zip_stem(tmp_path, monkeypatch, model_dir):
+    """rtmlib's download path, with its transfer replaced by a local copy of an mmdeploy-style zip."""
+    import zipfile
+    fetched = []
+
+    def fake_transfer(url, dst, hash_prefix=None, progress=True, timeout=30):
+        fetched.append(url)
+        source = model_dir / (LIGHT_DET if "/yolox_" in url else LIGHT_POSE)
+        with zipfile.ZipFile(dst, "w") as z:
+            z.write(source, "some_export_dir/end2end.onnx")
+
+    monkeypatch.setattr("rtmlib.tools.file.download_url_to_file", fake_transfer)
+    target = tmp_path / "models" / "finephys" / "rtmlib"
+    (target / "decoy").mkdir(parents=True)
+    (target / "decoy" / "end2end.onnx").write_bytes(b"a user's unrelated export")  # rtmlib's glob bait
+    det = PoseDetector(DetectorConfig(mode="lightweight", model_dir=[target, tmp_path / "other"]))
+    files = det.model_files()
+    assert files == {"det": str(target / LIGHT_DET), "pose": str(target / LIGHT_POSE)}
+    assert sorted(p.name for p in target.iterdir()) == sorted([LIGHT_DET, LIGHT_POSE, "decoy"])  # no zips
+    assert all(u.startswith("https://download.openmmlab.com/") for u in fetched) and len(fetched) == 2
+    assert_seen(det(frame(416, 416, [(BLUE, 100, 60, 180, 300)]))[0][0], expected_coco((100, 60, 180, 300)))
+    PoseDetector(DetectorConfig(mode="lightweight", model_dir=target)).model_files()
+    assert len(fetched) == 2  # found locally the second time
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="unknown detection mode"):
         DetectorConfig(mode="fast")
