@@ -10,7 +10,6 @@ rtmlib's own cache, else rtmlib's ``download_checkpoint`` into the first model f
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import tempfile
@@ -482,37 +481,3 @@ def detect_video(path: str | Path, config: DetectorConfig | PoseDetector | None 
     finally:
         cap.release()
     return _assemble(results, size, fps, detector.layout, detector.num_joints, layout_out)
-
-
-# ----------------------------------------------------------------------------- command line
-
-def add_detect_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``python -m finephys_core detect VIDEO -o POSE2D.npz``."""
-    parser.add_argument("video", help="video file (anything opencv reads)")
-    parser.add_argument("-o", "--output", required=True, help="output pose file (.npz or .json)")
-    parser.add_argument("--mode", default="balanced", choices=MODES)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (onnxruntime provider)")
-    parser.add_argument("--model-dir", default=os.environ.get("FINEPHYS_RTMLIB_DIR"),
-                        help="folder with rtmlib .onnx files (default: $FINEPHYS_RTMLIB_DIR, "
-                             "else rtmlib's own cache)")
-    parser.add_argument("--stride", type=int, default=1, help="use every N-th frame")
-    parser.add_argument("--max-frames", type=int, default=None)
-    parser.add_argument("--layout", default="h36m17", choices=("h36m17", "coco17"),
-                        help="joint layout written (default h36m17)")
-    parser.add_argument("--no-download", action="store_true", help="fail instead of downloading models")
-    return parser
-
-
-def detect_main(args: argparse.Namespace) -> int:
-    """Run the ``detect`` subcommand; prints a one-line summary and returns 0."""
-    from .sequence import save_pose
-
-    config = DetectorConfig(mode=args.mode, device=args.device, model_dir=args.model_dir,
-                            allow_download=not args.no_download)
-    pose = detect_video(args.video, config, stride=args.stride, max_frames=args.max_frames,
-                        layout_out=args.layout)
-    out = save_pose(pose, args.output)
-    seen = int((pose.scores.max(-1) > 0).sum())
-    print(f"{out}: {pose.num_frames} frames at {pose.fps:g} fps, person found in {seen}, "
-          f"image {pose.image_size[0]}x{pose.image_size[1]}, layout {pose.layout}")
-    return 0

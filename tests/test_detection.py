@@ -5,7 +5,6 @@ fixed crop-space template, so every expected keypoint follows from the box by rt
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from finephys_core import detection  # noqa: E402
 from finephys_core.detection import (DetectorConfig, PoseDetector, detect_poses, detect_video,  # noqa: E402
                                      image_batch_to_bgr_uint8)
 from finephys_core.openpose_io import pose2d_from_openpose  # noqa: E402
-from finephys_core.sequence import PoseError, load_pose  # noqa: E402
+from finephys_core.sequence import PoseError  # noqa: E402
 from finephys_core.skeleton import coco_to_h36m  # noqa: E402
 
 # rtmlib 0.0.16's checkpoint zip stems (copied from rtmlib/tools/solution/body*.py by hand, so the test
@@ -313,7 +312,7 @@ def test_halpe26_uses_halpe_hip_neck_head(model_dir):
     np.testing.assert_allclose(h36m.keypoints[0, [0, 8, 10]], [hip, neck, head], atol=1e-3)
 
 
-# ----------------------------------------------------------------------------- video and CLI
+# ----------------------------------------------------------------------------- video files
 
 def write_video(path, frames, fps=10.0):
     import cv2
@@ -345,17 +344,6 @@ def test_detect_video_stride_fps_and_errors(tmp_path, light):
     cv2.VideoWriter(str(tmp_path / "empty.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 64)).release()
     with pytest.raises(PoseError, match="empty.avi has no readable frames"):
         detect_video(tmp_path / "empty.avi", light)
-
-
-def test_detect_main_writes_pose_file(tmp_path, model_dir):
-    video = write_video(tmp_path / "clip.avi", [frame(416, 416, [(BLUE, 100, 60, 180, 300)])] * 3)
-    parser = detection.add_detect_arguments(argparse.ArgumentParser())
-    args = parser.parse_args([str(video), "-o", str(tmp_path / "p.npz"), "--mode", "lightweight",
-                              "--model-dir", str(model_dir), "--no-download"])
-    assert detection.detect_main(args) == 0
-    pose = load_pose(tmp_path / "p.npz")
-    assert pose.layout == "h36m17" and pose.num_frames == 3 and pose.fps == pytest.approx(10.0)
-    assert (pose.scores.max(-1) > 0.8).all()
 
 
 # ----------------------------------------------------------------------------- POSE_KEYPOINT
