@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -125,6 +126,34 @@ class SkeletonEncoder(nn.Module):
         return load_skeleton_encoder(path, device, dtype)
 
 
+@contextmanager
+def unet2d_injection(unet: nn.Module, features: list[torch.Tensor]):
+    """While active, a diffusers ``UNet2DConditionModel``'s down block i outputs ``out + features[i]`` after its
+    last resnet+attention (the point ``sampler.pose_injection`` uses in the motion UNet, skip included), so
+    an encoder trained on images (stage 1) feeds the video UNet unchanged. features: (N, c_i, h_i, w_i)."""
+    blocks = unet.down_blocks
+    if len(features) != len(blocks):
+        raise ValueError(f"the skeleton encoder gives {len(features)} feature maps but the UNet has "
+                         f"{len(blocks)} down blocks")
+
+    def hook_for(i: int, feat: torch.Tensor):
+        def hook(module, args, out):
+            hidden = out[0] if isinstance(out, tuple) else out
+            if hidden.shape != feat.shape:
+                raise ValueError(f"skeleton feature {i} has shape {tuple(feat.shape)} but down block {i} gives "
+                                 f"{tuple(hidden.shape)}: encoder channels or input size do not match the UNet")
+            return (hidden + feat, *out[1:]) if isinstance(out, tuple) else hidden + feat
+        return hook
+
+    targets = [b.attentions[-1] if getattr(b, "attentions", None) else b.resnets[-1] for b in blocks]
+    handles = [t.register_forward_hook(hook_for(i, f)) for i, (t, f) in enumerate(zip(targets, features))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def save_skeleton_encoder(encoder: SkeletonEncoder, path: str | Path) -> Path:
     """Write weights + config to a safetensors file atomically (metadata: kind, config JSON)."""
     path = Path(path)
@@ -179,4 +208,4 @@ def load_skeleton_encoder(path: str | Path, device="cpu", dtype: torch.dtype | N
 
 
 __all__ = ["KIND", "SD15_CHANNELS", "SkeletonEncoder", "SkeletonEncoderConfig", "load_skeleton_encoder",
-           "read_encoder_config", "save_skeleton_encoder"]
+           "read_encoder_config", "save_skeleton_encoder", "unet2d_injection"]
