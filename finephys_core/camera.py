@@ -1,0 +1,201 @@
+"""Fusion F(S_dd, S_pp) and the projection P back to 2D (paper eq. 19–20, DESIGN.md §4 FusePoses).
+
+The camera is not learned: it is fitted in closed form to the detected 2D by weighted least squares, and
+the fit is plain differentiable torch, so stage 3 trains through ``L2D = Σ‖P(Ŝ) − S2D‖²`` with gradients
+reaching Ŝ both through the projection and through the fitted camera.
+
+Two camera models, both working in whatever 2D units the keypoints are in (pixels here):
+
+* weak perspective (default): ``x_tj = s · X_tj[:2] + t_t`` with ONE scale per clip and one 2D
+  translation per frame. One scale keeps the body size steady (a single bad frame cannot shrink or grow
+  the skeleton) and gymnastics footage is far-camera; the per-frame translation follows the performer.
+* perspective with a known focal length: ``x_tj = f · (X_tj + T_t)[:2] / (X_tj + T_t)[2] + c`` with a
+  3D root translation T_t per frame (linear least squares after multiplying out the depth).
+
+Frames whose weights are all zero (nobody detected) get a translation interpolated linearly from the
+nearest fitted frames (held constant past the ends); a clip of one frame works.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .sequence import Camera, Pose2D, Pose3D, PoseError
+
+# Depth (metres) at which a weak-perspective fit is written as a pinhole sequence.Camera: far enough that
+# the pinhole projection of a body (±1 m deep) differs from the weak one by < 0.1 %.
+WEAK_DEPTH_M = 1000.0
+
+
+class WeakPerspective(NamedTuple):
+    scale: Tensor        # (...,) 2D units per metre, one per clip
+    translation: Tensor  # (..., T, 2) 2D position of the root per frame
+
+
+class Perspective(NamedTuple):
+    focal: Tensor        # (...,) pixels
+    center: Tensor       # (..., 2) principal point
+    translation: Tensor  # (..., T, 3) metres, root in camera coordinates per frame
+
+
+def fuse(s_dd: Tensor, s_pp: Tensor, weight: float = 0.5) -> Tensor:
+    """Ŝ = (1 − w) S_dd + w S_pp (the paper evaluates the mean, w = 0.5). Any matching shapes."""
+    if not 0.0 <= float(weight) <= 1.0:
+        raise ValueError(f"fuse weight must be in [0, 1]; got {weight}")
+    if s_dd.shape != s_pp.shape:
+        raise ValueError(f"S_dd {tuple(s_dd.shape)} and S_pp {tuple(s_pp.shape)} must have the same shape")
+    return (1.0 - weight) * s_dd + weight * s_pp
+
+
+def _check_fit_inputs(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor) -> None:
+    if joints3d.ndim < 3 or joints3d.shape[-1] != 3:
+        raise ValueError(f"joints3d must be (..., T, J, 3); got {tuple(joints3d.shape)}")
+    if keypoints2d.shape != joints3d.shape[:-1] + (2,):
+        raise ValueError(f"keypoints2d must be {tuple(joints3d.shape[:-1]) + (2,)}; got "
+                         f"{tuple(keypoints2d.shape)}")
+    if weights.shape != joints3d.shape[:-1]:
+        raise ValueError(f"weights must be {tuple(joints3d.shape[:-1])}; got {tuple(weights.shape)}")
+
+
+def _fill_invalid(values: Tensor, valid: Tensor) -> Tensor:
+    """(..., T, D) values with rows where ``valid`` (..., T) is False replaced by linear interpolation
+    between the nearest valid rows (nearest row past the ends; 0 when no row is valid). Differentiable."""
+    T = values.shape[-2]
+    idx = torch.arange(T, device=values.device).expand(valid.shape)
+    prev = torch.where(valid, idx, -1).cummax(-1).values
+    nxt = torch.where(valid, idx, T).flip(-1).cummin(-1).values.flip(-1)
+    has_prev, has_next = prev >= 0, nxt < T
+    lo = torch.where(has_prev, prev, nxt).clamp(0, T - 1)
+    hi = torch.where(has_next, nxt, prev).clamp(0, T - 1)
+    span = (hi - lo).clamp_min(1).to(values.dtype)
+    alpha = ((idx - lo).to(values.dtype) / span).clamp(0, 1)[..., None]
+    gather = lambda i: values.gather(-2, i[..., None].expand(values.shape))  # noqa: E731
+    filled = gather(lo) * (1 - alpha) + gather(hi) * alpha
+    any_valid = valid.any(-1, keepdim=True)[..., None]
+    filled = torch.where(any_valid, filled, torch.zeros_like(filled))
+    return torch.where(valid[..., None], values, filled)
+
+
+def fit_camera(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor, eps: float = 1e-8) -> WeakPerspective:
+    """Weighted least-squares weak perspective: one scale per clip, one translation per frame.
+
+    joints3d (..., T, J, 3) metres; keypoints2d (..., T, J, 2); weights (..., T, J) ≥ 0 (scores).
+    Minimises Σ_tj w_tj ‖s·X_tj[:2] + t_t − x_tj‖². Closed form: t_t = x̄_t − s·X̄_t (weighted frame means),
+    s = Σ w⟨X − X̄, x − x̄⟩ / Σ w‖X − X̄‖², floored at 0 (a mirrored fit gives s = 0, not a flip).
+    """
+    _check_fit_inputs(joints3d, keypoints2d, weights)
+    w = weights.clamp_min(0)[..., None]
+    X = joints3d[..., :2]
+    wsum = w.sum(-2, keepdim=True)
+    Xm = (w * X).sum(-2, keepdim=True) / wsum.clamp_min(eps)
+    xm = (w * keypoints2d).sum(-2, keepdim=True) / wsum.clamp_min(eps)
+    dX, dx = X - Xm, keypoints2d - xm
+    num = (w * dX * dx).sum((-3, -2, -1))
+    den = (w * dX * dX).sum((-3, -2, -1))
+    scale = (num / den.clamp_min(eps)).clamp_min(0)
+    trans = (xm - scale[..., None, None, None] * Xm).squeeze(-2)
+    return WeakPerspective(scale, _fill_invalid(trans, wsum[..., 0, 0] > 0))
+
+
+def fit_perspective(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor, focal, center,
+                    min_depth: float = 0.1) -> Perspective:
+    """Weighted least-squares root translation per frame for a pinhole camera of known focal and centre.
+
+    Multiplying out the depth, each visible joint gives two equations linear in T = (tx, ty, tz):
+    f·tx − u_x·tz = u_x·Z − f·X (same for y), u = x − c. Frames with fewer than 2 weighted joints are
+    interpolated. focal: float or (...,); center: (2,) or (..., 2). Depth is floored at ``min_depth``.
+    """
+    _check_fit_inputs(joints3d, keypoints2d, weights)
+    lead = joints3d.shape[:-3]
+    f = torch.as_tensor(focal, dtype=joints3d.dtype, device=joints3d.device).expand(lead)
+    c = torch.as_tensor(center, dtype=joints3d.dtype, device=joints3d.device).expand(lead + (2,))
+    fb = f[..., None, None, None]
+    u = keypoints2d - c[..., None, None, :]
+    zeros = torch.zeros_like(u[..., 0])
+    A = torch.stack([                                                   # (..., T, J, 2, 3)
+        torch.stack([fb[..., 0].expand_as(zeros), zeros, -u[..., 0]], -1),
+        torch.stack([zeros, fb[..., 0].expand_as(zeros), -u[..., 1]], -1)], -2)
+    b = u * joints3d[..., 2:3] - fb * joints3d[..., :2]                 # (..., T, J, 2)
+    w = weights.clamp_min(0)[..., None, None]
+    AtA = (A.transpose(-1, -2) @ (w * A)).sum(-3)                       # (..., T, 3, 3)
+    Atb = (A.transpose(-1, -2) @ (w * b[..., None])).sum(-3)            # (..., T, 3, 1)
+    valid = (weights > 0).sum(-1) >= 2
+    ridge = 1e-9 * AtA.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(1e-12)[..., None, None]
+    eye = torch.eye(3, dtype=AtA.dtype, device=AtA.device)
+    AtA = torch.where(valid[..., None, None], AtA + ridge * eye, eye)
+    trans = torch.linalg.solve(AtA, Atb)[..., 0]
+    trans = _fill_invalid(trans, valid)
+    trans = torch.cat([trans[..., :2], trans[..., 2:].clamp_min(min_depth)], -1)
+    return Perspective(f, c, trans)
+
+
+def project(joints3d: Tensor, camera: WeakPerspective | Perspective, min_depth: float = 1e-3) -> Tensor:
+    """P: (..., T, J, 3) metres → (..., T, J, 2) through a fitted camera. Differentiable."""
+    if isinstance(camera, WeakPerspective):
+        return camera.scale[..., None, None, None] * joints3d[..., :2] + camera.translation[..., None, :]
+    if isinstance(camera, Perspective):
+        p = joints3d + camera.translation[..., None, :]
+        xy = p[..., :2] / p[..., 2:].clamp_min(min_depth)
+        return camera.focal[..., None, None, None] * xy + camera.center[..., None, None, :]
+    raise TypeError(f"camera must be WeakPerspective or Perspective; got {type(camera).__name__}")
+
+
+# ----------------------------------------------------------------------------- numpy / Pose wrappers
+
+def to_sequence_camera(camera: WeakPerspective | Perspective, image_size) -> Camera:
+    """A fitted (unbatched) camera as a pinhole :class:`sequence.Camera` in pixels and metres.
+
+    Weak perspective becomes a pinhole at depth :data:`WEAK_DEPTH_M` with focal s·depth centred on the image.
+    """
+    if isinstance(camera, Perspective):
+        return Camera(float(camera.focal), tuple(float(v) for v in camera.center),
+                      camera.translation.detach().cpu().numpy().astype(np.float32))
+    s = float(camera.scale)
+    center = np.array([image_size[0] / 2.0, image_size[1] / 2.0])
+    t = camera.translation.detach().cpu().numpy().astype(np.float64)
+    xy = (t - center) / max(s, 1e-8)
+    trans = np.concatenate([xy, np.full((len(t), 1), WEAK_DEPTH_M)], -1)
+    return Camera(s * WEAK_DEPTH_M, (float(center[0]), float(center[1])), trans.astype(np.float32))
+
+
+def project_pinhole(joints: np.ndarray, camera: Camera) -> np.ndarray:
+    """(T, J, 3) root-relative metres → (T, J, 2) pixels through a :class:`sequence.Camera`."""
+    p = np.asarray(joints, np.float64) + np.asarray(camera.translation, np.float64)[:, None, :]
+    xy = p[..., :2] / np.maximum(p[..., 2:], 1e-6)
+    return (camera.focal * xy + np.asarray(camera.center, np.float64)).astype(np.float32)
+
+
+def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = 0.5,
+               camera_model: str = "weak", focal: float | None = None) -> tuple[Pose3D, Pose2D]:
+    """Ŝ = fuse(S_dd, S_pp), a camera fitted to ``detected`` (weighted by its scores), Ŝ reprojected.
+
+    Returns (Pose3D source 'fused' with its Camera, Pose2D of the reprojection in pixels, H36M layout,
+    score 1 for every joint: the reprojection is defined everywhere, missing detections included).
+    camera_model 'weak' (default) or 'perspective' (focal in pixels; default the longer image side).
+    """
+    detected = detected.to_h36m()
+    if not dd.num_frames == pp.num_frames == detected.num_frames:
+        raise PoseError(f"frame counts differ: S_dd {dd.num_frames}, S_pp {pp.num_frames}, "
+                        f"2D {detected.num_frames}")
+    fused = fuse(torch.from_numpy(dd.joints).double(), torch.from_numpy(pp.joints).double(), weight)
+    kp = torch.from_numpy(detected.keypoints).double()
+    sc = torch.from_numpy(detected.scores).double()
+    size = detected.image_size
+    if camera_model == "weak":
+        cam = fit_camera(fused, kp, sc)
+    elif camera_model == "perspective":
+        cam = fit_perspective(fused, kp, sc, float(focal or max(size)), (size[0] / 2.0, size[1] / 2.0))
+    else:
+        raise ValueError(f"camera_model must be 'weak' or 'perspective'; got {camera_model!r}")
+    reproj = project(fused, cam).float().numpy()
+    meta = {**dd.meta, "camera_model": camera_model, "fuse_weight": float(weight)}
+    if camera_model == "weak":
+        meta["weak_scale_px_per_m"] = float(cam.scale)
+    pose3d = replace(dd, joints=fused.float().numpy(), source="fused", camera=to_sequence_camera(cam, size),
+                     image_size=size, meta=meta)
+    pose2d = Pose2D(reproj, np.ones(reproj.shape[:2], np.float32), size, detected.fps, "h36m17")
+    return pose3d, pose2d

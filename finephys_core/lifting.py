@@ -1,0 +1,279 @@
+"""In-context 2D→3D lifter (paper eq. 4–5, DESIGN.md §4 LiftICL3D).
+
+``Trans^{2D→3D}(P, Q)``: a two-stream spatial/temporal transformer in the manner of MotionBERT's DSTformer
+(one stream attends over joints then frames, the other frames then joints, fused per token by learned
+weights), used in context as in Skeleton-in-Context: the prompt pair (P2D, P3D) and the query
+(S2D, mean prior P̄3D) are embedded as two segments of one sequence, concatenated along time, so temporal
+attention lets every query joint look at the same joint in the prompt. The output for the query segment
+is a residual on the prior: ``S_dd = root_relative(P̄3D + head(tokens))``.
+
+Conventions (the training code builds its inputs the same way, through :func:`lifter_inputs`):
+
+* 2D inputs are :func:`finephys_core.sequence.normalize_screen` outputs, (…, T, 17, 3): x, y divided by
+  half the longer image side around the image centre, score as the third channel (0 = missing).
+  :meth:`ICLLifter.forward` applies :func:`lifter_inputs` itself (it is idempotent, so calling it first
+  does no harm).
+* 3D inputs and outputs: metres, root-relative (pelvis at 0), camera frame (x right, y down, z forward).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+NUM_JOINTS = 17
+ROOT = 0
+
+
+@dataclass
+class LifterConfig:
+    """Size of the lifter. ``window`` is the trained clip length (longer clips are windowed)."""
+
+    dim: int = 64
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    rep_dim: int = 128
+    window: int = 16
+    num_joints: int = NUM_JOINTS
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LifterConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown LifterConfig fields {sorted(unknown)}")
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------- input convention
+
+def lifter_inputs(pose2d_normalized) -> Tensor:
+    """The one place 2D lifter input is preprocessed. (…, T, 17, 3) → (…, T, 17, 3) float32 tensor.
+
+    From ``normalize_screen`` coordinates (x, y, score):
+      1. root-relative per frame: subtract the pelvis (joint 0) when its score > 0, else the
+         score-weighted centroid of the visible joints (0 when nothing is visible);
+      2. missing joints (score 0) get x = y = 0;
+      3. divided by one scale per clip (over all its frames and joints): the score-weighted RMS distance
+         of the visible joints from their root (1 when nothing is visible, floored at 1e-3);
+      4. the score channel is kept unchanged.
+    Idempotent: applying it to its own output returns the same values.
+    """
+    x = torch.as_tensor(np.asarray(pose2d_normalized) if not isinstance(pose2d_normalized, Tensor)
+                        else pose2d_normalized, dtype=torch.float32)
+    if x.ndim < 3 or x.shape[-2:] != (NUM_JOINTS, 3):
+        raise ValueError(f"lifter_inputs expects (..., T, {NUM_JOINTS}, 3) normalised x, y, score; "
+                         f"got {tuple(x.shape)}")
+    xy, score = x[..., :2], x[..., 2:].clamp(0.0, 1.0)
+    vis = (score > 0).to(xy.dtype)
+    centroid = (xy * score).sum(-2, keepdim=True) / score.sum(-2, keepdim=True).clamp_min(1e-8)
+    root = torch.where(vis[..., ROOT:ROOT + 1, :] > 0, xy[..., ROOT:ROOT + 1, :], centroid)
+    rel = (xy - root) * vis
+    ms = (score * rel.pow(2).sum(-1, keepdim=True)).sum((-3, -2, -1), keepdim=True)
+    wsum = score.sum((-3, -2, -1), keepdim=True)
+    scale = torch.where(wsum > 0, (ms / wsum.clamp_min(1e-8)).sqrt(), torch.ones_like(ms)).clamp_min(1e-3)
+    return torch.cat([rel / scale, score], -1)
+
+
+# ----------------------------------------------------------------------------- model
+
+class _Attention(nn.Module):
+    """Multi-head self-attention over the second-to-last axis of (N, L, dim)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = rearrange(self.qkv(x), "n l (three h d) -> three n h l d", three=3, h=self.heads)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(rearrange(out, "n h l d -> n l (h d)"))
+
+
+class _Mixer(nn.Module):
+    """Pre-norm attention + MLP along one axis of (B, T, J, dim): ``axis`` 'joints' or 'frames'."""
+
+    def __init__(self, cfg: LifterConfig, axis: str):
+        super().__init__()
+        self.axis = axis
+        hidden = int(cfg.dim * cfg.mlp_ratio)
+        self.norm1, self.norm2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
+        self.attn = _Attention(cfg.dim, cfg.heads, cfg.dropout)
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t = x.shape[:2]
+        pattern = "b t j c -> (b t) j c" if self.axis == "joints" else "b t j c -> (b j) t c"
+        h = rearrange(x, pattern)
+        h = h + self.attn(self.norm1(h))
+        h = h + self.mlp(self.norm2(h))
+        back = "(b t) j c -> b t j c" if self.axis == "joints" else "(b j) t c -> b t j c"
+        return rearrange(h, back, b=b, t=t)
+
+
+class _DualStreamBlock(nn.Module):
+    """One depth of the two-stream design: ST (joints→frames) and TS (frames→joints) from the same input,
+    fused with per-token softmax weights predicted from both streams (starting at 1/2 each)."""
+
+    def __init__(self, cfg: LifterConfig):
+        super().__init__()
+        self.st = nn.Sequential(_Mixer(cfg, "joints"), _Mixer(cfg, "frames"))
+        self.ts = nn.Sequential(_Mixer(cfg, "frames"), _Mixer(cfg, "joints"))
+        self.fuse = nn.Linear(2 * cfg.dim, 2)
+        nn.init.zeros_(self.fuse.weight)
+        nn.init.zeros_(self.fuse.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.st(x), self.ts(x)
+        w = self.fuse(torch.cat([a, b], -1)).softmax(-1)
+        return a * w[..., :1] + b * w[..., 1:]
+
+
+class ICLLifter(nn.Module):
+    """In-context lifter: (prompt 2D, prompt 3D, query 2D, query prior) → S_dd for the query.
+
+    Each frame token carries one joint's 2D input (3 values) and 3D input (3 values); joint, frame and
+    segment (prompt / query) embeddings are added. Sequence = [prompt frames ; query frames] (2T frames).
+    Cost per window is fixed, so windowed lifting is linear in clip length.
+    """
+
+    def __init__(self, config: LifterConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or LifterConfig()
+        self.embed = nn.Linear(6, cfg.dim)
+        self.joint_embed = nn.Parameter(torch.zeros(cfg.num_joints, cfg.dim))
+        self.frame_embed = nn.Parameter(torch.zeros(cfg.window, 1, cfg.dim))
+        self.segment_embed = nn.Parameter(torch.zeros(2, cfg.dim))
+        self.blocks = nn.ModuleList(_DualStreamBlock(cfg) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Sequential(nn.Linear(cfg.dim, cfg.rep_dim), nn.Tanh(), nn.Linear(cfg.rep_dim, 3))
+        for p in (self.joint_embed, self.frame_embed, self.segment_embed):
+            nn.init.trunc_normal_(p, std=0.02)
+        nn.init.trunc_normal_(self.head[-1].weight, std=0.02)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def _check(self, name: str, x: Tensor, like: tuple | None) -> None:
+        J = self.config.num_joints
+        if x.ndim != 4 or x.shape[-2:] != (J, 3):
+            raise ValueError(f"{name} must have shape (B, T, {J}, 3); got {tuple(x.shape)}")
+        if like is not None and tuple(x.shape) != like:
+            raise ValueError(f"{name} has shape {tuple(x.shape)} but the query 2D has {like}")
+        if x.shape[1] > self.config.window:
+            raise ValueError(f"{name} has {x.shape[1]} frames; this lifter takes at most "
+                             f"{self.config.window} (use lift_windows for longer clips)")
+
+    def forward(self, prompt_2d: Tensor, prompt_3d: Tensor, query_2d: Tensor, query_prior: Tensor) -> Tensor:
+        """All inputs (B, T, 17, 3), T ≤ window; 2D as normalize_screen output. Returns S_dd (B, T, 17, 3)."""
+        self._check("query_2d", query_2d, None)
+        shape = tuple(query_2d.shape)
+        for name, x in (("prompt_2d", prompt_2d), ("prompt_3d", prompt_3d), ("query_prior", query_prior)):
+            self._check(name, x, shape)
+        t = shape[1]
+        tokens = self.embed(torch.cat([
+            torch.cat([lifter_inputs(prompt_2d), lifter_inputs(query_2d)], 1),
+            torch.cat([prompt_3d, query_prior], 1)], -1))
+        frames = self.frame_embed[:t].repeat(2, 1, 1)                          # (2T, 1, dim)
+        segments = self.segment_embed.repeat_interleave(t, dim=0)[:, None]      # (2T, 1, dim)
+        x = tokens + self.joint_embed + frames + segments
+        for block in self.blocks:
+            x = block(x)
+        out = query_prior + self.head(self.norm(x[:, t:]))
+        return out - out[..., ROOT:ROOT + 1, :]
+
+
+# ----------------------------------------------------------------------------- windowed lifting
+
+def window_starts(num_frames: int, window: int, overlap: int) -> list[int]:
+    """First frame of each window: every ``window - overlap`` frames, the last one ending at the clip end."""
+    if num_frames <= window:
+        return [0]
+    step = window - overlap
+    starts = list(range(0, num_frames - window, step))
+    return starts + [num_frames - window]
+
+
+def blend_weights(window: int, overlap: int, first: bool, last: bool) -> Tensor:
+    """(window,) cross-fade weights: a raised-cosine ramp over ``overlap`` frames at each inner edge.
+
+    Never zero, so every frame is covered; flat at the clip's own ends (``first`` / ``last``).
+    """
+    w = torch.ones(window)
+    if overlap > 0:
+        ramp = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(overlap) + 0.5) / overlap)
+        if not first:
+            w[:overlap] = ramp
+        if not last:
+            w[window - overlap:] = ramp.flip(0)
+    return w
+
+
+def _as_prompt(prompt, window: int) -> tuple[Tensor, Tensor]:
+    p2d, p3d = (torch.as_tensor(np.asarray(p) if not isinstance(p, Tensor) else p, dtype=torch.float32)
+                for p in prompt)
+    if p2d.ndim == 3:
+        p2d, p3d = p2d[None], p3d[None]
+    if p2d.shape != p3d.shape or p2d.shape[1:] != (window, NUM_JOINTS, 3):
+        raise ValueError(f"prompt pair must be (K, {window}, {NUM_JOINTS}, 3) each; got 2D "
+                         f"{tuple(p2d.shape)}, 3D {tuple(p3d.shape)}")
+    return p2d, p3d
+
+
+def lift_windows(model: Callable[..., Tensor], query_2d, prompt, prior, window: int | None = None,
+                 overlap: int = 4, batch_size: int = 64,
+                 progress: Callable[[int], None] | None = None) -> Tensor:
+    """Lift a clip of any length. query_2d: (T, 17, 3) normalize_screen output → S_dd (T, 17, 3).
+
+    prompt: pair (P2D, P3D), each (W, 17, 3) or (K, W, 17, 3) (K prompts: outputs averaged);
+    prior: (W, 17, 3). T < W: edge-replicated to W, then cropped. T > W: windows every W - overlap frames
+    (the last aligned to the clip end), batched, cross-faded with :func:`blend_weights`.
+    ``model`` is an :class:`ICLLifter` (or any callable with its forward signature).
+    """
+    window = window or model.config.window
+    if not 0 <= overlap < window:
+        raise ValueError(f"overlap must be in [0, {window}); got {overlap}")
+    q = torch.as_tensor(np.asarray(query_2d) if not isinstance(query_2d, Tensor) else query_2d,
+                        dtype=torch.float32)
+    if q.ndim != 3 or q.shape[1:] != (NUM_JOINTS, 3) or q.shape[0] == 0:
+        raise ValueError(f"query_2d must be (T, {NUM_JOINTS}, 3) with T ≥ 1; got {tuple(q.shape)}")
+    p2d, p3d = (p.to(q.device) for p in _as_prompt(prompt, window))
+    prior = torch.as_tensor(prior, dtype=torch.float32, device=q.device)
+    if prior.shape != (window, NUM_JOINTS, 3):
+        raise ValueError(f"prior must be ({window}, {NUM_JOINTS}, 3); got {tuple(prior.shape)}")
+    T, K = q.shape[0], p2d.shape[0]
+    if T < window:
+        q = torch.cat([q, q[-1:].expand(window - T, -1, -1)], 0)
+    starts = window_starts(T, window, overlap)
+    out = q.new_zeros(max(T, window), NUM_JOINTS, 3)
+    weight = q.new_zeros(max(T, window), 1, 1)
+    for c in range(0, len(starts), batch_size):
+        chunk = starts[c:c + batch_size]
+        wins = torch.stack([q[s:s + window] for s in chunk])                   # (n, W, 17, 3)
+        n = wins.shape[0]
+        pred = model(p2d.repeat(n, 1, 1, 1), p3d.repeat(n, 1, 1, 1),
+                     wins.repeat_interleave(K, 0), prior.expand(n * K, -1, -1, -1))
+        pred = rearrange(pred, "(n k) w j c -> n k w j c", k=K).mean(1)
+        for i, s in enumerate(chunk):
+            w = blend_weights(window, overlap, first=s == 0, last=s + window >= T).to(q)[:, None, None]
+            out[s:s + window] += pred[i] * w
+            weight[s:s + window] += w
+        if progress is not None:
+            progress(len(chunk))
+    return (out / weight)[:T]
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,71 @@
+"""The pose pipeline everything calls: Pose2D → S_dd (lifter) → S_pp (PhysNet) → fused Ŝ + reprojection.
+
+Numpy poses in, numpy poses out; torch runs without gradients with the models in eval mode.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import physics
+from .camera import fuse_poses
+from .lifting import lift_windows
+from .pose_model import PoseModel, choose_prompt
+from .sequence import Pose2D, Pose3D, PoseError
+
+# progress units reported by refine_pose2d: lift, PhysNet, fuse
+REFINE_STEPS = 3
+
+
+def _checked_2d(pose2d: Pose2D) -> Pose2D:
+    if not isinstance(pose2d, Pose2D):
+        raise PoseError(f"expected a Pose2D; got {type(pose2d).__name__}")
+    return pose2d.to_h36m().require_visible()
+
+
+def lift_pose(pose2d: Pose2D, model: PoseModel, overlap: int = 4, num_prompts: int = 1) -> Pose3D:
+    """LiftICL3D: any-length 2D clip (any supported layout) → Pose3D S_dd (source 'dd'), metres.
+
+    Raises PoseError for a non-Pose2D or when no joint has a score above 0 ("no person detected").
+    One frame is fine. ``num_prompts`` > 1 averages the lifts with the k nearest prompt pairs.
+    """
+    pose2d = _checked_2d(pose2d)
+    query = torch.from_numpy(pose2d.normalized())
+    model.eval()
+    device = model.mean_prior.device
+    with torch.no_grad():
+        prompt = choose_prompt(model, query, k=num_prompts)
+        s_dd = lift_windows(model.lifter, query.to(device), prompt, model.mean_prior, model.window, overlap)
+    joints = s_dd.cpu().numpy().astype(np.float32)
+    return Pose3D(joints, fps=pose2d.fps, source="dd", image_size=pose2d.image_size,
+                  meta={"trained": model.trained})
+
+
+@dataclass
+class RefineResult:
+    """S_dd, S_pp, the fused Ŝ (with its fitted camera) and Ŝ reprojected to 2D pixels."""
+
+    dd: Pose3D
+    pp: Pose3D
+    fused: Pose3D
+    reprojected: Pose2D
+
+
+def refine_pose2d(pose2d: Pose2D, model: PoseModel, fuse_weight: float = 0.5, frame_stride: int = 1,
+                  progress: Callable[[int], None] | None = None, camera_model: str = "weak") -> RefineResult:
+    """The whole pose stack on one clip. ``frame_stride``: see :func:`physics.refine_pose3d` (dt = stride/fps).
+
+    progress, when given, is called with 1 after each of the :data:`REFINE_STEPS` stages.
+    """
+    step = progress or (lambda n: None)
+    pose2d = _checked_2d(pose2d)
+    dd = lift_pose(pose2d, model)
+    step(1)
+    pp = physics.refine_pose3d(dd, model.physnet, frame_stride)
+    step(1)
+    fused, reprojected = fuse_poses(dd, pp, pose2d, fuse_weight, camera_model)
+    step(1)
+    return RefineResult(dd, pp, fused, reprojected)

@@ -1,0 +1,131 @@
+"""Fusion and the differentiable camera fit / projection."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from finephys_core.camera import (Perspective, WeakPerspective, fit_camera, fit_perspective, fuse, fuse_poses,
+                                  project, project_pinhole)
+from finephys_core.sequence import Pose2D, Pose3D, PoseError
+from finephys_core.skeleton import COCO17, H36M17
+
+
+def _skeletons(*lead, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, 17, 3, generator=g, dtype=torch.float64) * 0.4
+    return x - x[..., :1, :]
+
+
+def test_fuse_weights():
+    a, b = torch.zeros(2, 17, 3), torch.ones(2, 17, 3)
+    assert torch.equal(fuse(a, b), torch.full((2, 17, 3), 0.5))
+    assert torch.equal(fuse(a, b, 0.0), a) and torch.equal(fuse(a, b, 1.0), b)
+    assert torch.allclose(fuse(a, b, 0.25), torch.full((2, 17, 3), 0.25))
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        fuse(a, b, 1.5)
+    with pytest.raises(ValueError, match="same shape"):
+        fuse(a, b[:1])
+
+
+def test_weak_fit_recovers_known_camera_exactly():
+    X = _skeletons(3, 6)
+    scale = torch.tensor([250.0, 80.0, 1.5], dtype=torch.float64)
+    trans = torch.randn(3, 6, 2, dtype=torch.float64) * 100
+    x = project(X, WeakPerspective(scale, trans))
+    w = torch.rand(3, 6, 17, dtype=torch.float64) + 0.1
+    w[..., 5] = 0                                           # a missing joint everywhere
+    cam = fit_camera(X, x, w)
+    assert torch.allclose(cam.scale, scale, atol=1e-9)
+    assert torch.allclose(cam.translation, trans, atol=1e-9)
+    assert torch.allclose(project(X, cam), x, atol=1e-8)
+
+
+def test_weak_fit_zero_weight_frames_and_one_frame():
+    X = _skeletons(5)
+    t = torch.tensor([[0.0, 0.0], [10.0, 20.0], [20.0, 40.0], [30.0, 60.0], [40.0, 80.0]], dtype=torch.float64)
+    x = project(X, WeakPerspective(torch.tensor(100.0, dtype=torch.float64), t))
+    w = torch.ones(5, 17, dtype=torch.float64)
+    w[1:3] = 0                                               # frames 1, 2: nobody detected
+    w[4] = 0                                                 # last frame too
+    cam = fit_camera(X, x, w)
+    assert torch.allclose(cam.scale, torch.tensor(100.0, dtype=torch.float64))
+    assert torch.allclose(cam.translation, torch.tensor(
+        [[0.0, 0.0], [10.0, 20.0], [20.0, 40.0], [30.0, 60.0], [30.0, 60.0]], dtype=torch.float64))
+    one = fit_camera(X[:1], x[:1], torch.ones(1, 17, dtype=torch.float64))
+    assert torch.allclose(one.scale, torch.tensor(100.0, dtype=torch.float64))
+    none = fit_camera(X, x, torch.zeros(5, 17, dtype=torch.float64))
+    assert torch.isfinite(none.scale) and torch.isfinite(none.translation).all()
+
+
+def test_fit_and_projection_are_differentiable():
+    X = _skeletons(4, seed=1).requires_grad_(True)
+    target = project(X.detach(), WeakPerspective(torch.tensor(2.0, dtype=torch.float64),
+                                                 torch.zeros(4, 2, dtype=torch.float64)))
+    target = target + 0.05 * torch.randn_like(target)
+    w = torch.rand(4, 17, dtype=torch.float64)
+    loss = (w[..., None] * (project(X, fit_camera(X, target, w)) - target) ** 2).sum()
+    loss.backward()
+    assert torch.isfinite(X.grad).all() and X.grad.abs().sum() > 0
+    small = _skeletons(2, seed=2)[..., :5, :].clone().requires_grad_(True)
+    t2 = torch.randn(2, 5, 2, dtype=torch.float64)
+    w2 = torch.rand(2, 5, dtype=torch.float64) + 0.1
+    assert torch.autograd.gradcheck(lambda s: project(s, fit_camera(s, t2, w2)), (small,))
+    assert torch.autograd.gradcheck(
+        lambda s: project(s, fit_perspective(s, t2 * 100, w2, 500.0, (0.0, 0.0))), (small,))
+
+
+def test_perspective_fit_recovers_translation():
+    X = _skeletons(2, 4)
+    T = torch.randn(2, 4, 3, dtype=torch.float64)
+    T[..., 2] += 8
+    f, c = torch.tensor([1000.0, 700.0], dtype=torch.float64), torch.tensor([320.0, 240.0], dtype=torch.float64)
+    x = project(X, Perspective(f, c.expand(2, 2), T))
+    w = torch.ones(2, 4, 17, dtype=torch.float64)
+    w[0, 1] = 0
+    cam = fit_perspective(X, x, w, f, c)
+    ok = torch.ones(2, 4, dtype=torch.bool)
+    ok[0, 1] = False
+    assert torch.allclose(cam.translation[ok], T[ok], atol=1e-4)
+    assert torch.allclose(cam.translation[0, 1], (T[0, 0] + T[0, 2]) / 2, atol=1e-4)
+
+
+def test_fuse_poses_reprojects_detections_and_camera_matches():
+    rng = np.random.default_rng(0)
+    X = _skeletons(6, seed=3).float().numpy()
+    s, t = 300.0, rng.uniform(200, 400, (6, 2))
+    kp = (s * X[..., :2] + t[:, None]).astype(np.float32)
+    scores = np.ones((6, 17), np.float32)
+    scores[2] = 0
+    det = Pose2D(kp, scores, (640, 480), 30.0)
+    dd = Pose3D(X + 0.01, 30.0, "dd")
+    pp = Pose3D(X - 0.01, 30.0, "pp")
+    fused, reproj = fuse_poses(dd, pp, det)
+    assert fused.source == "fused" and np.allclose(fused.joints, X, atol=1e-6)
+    assert reproj.keypoints.shape == (6, 17, 2) and reproj.layout == "h36m17" and reproj.fps == 30.0
+    assert np.abs(reproj.keypoints[scores > 0] - kp[scores > 0]).max() < 1e-3
+    assert abs(fused.meta["weak_scale_px_per_m"] - s) < 1e-3
+    pin = project_pinhole(fused.joints, fused.camera)
+    assert np.abs(pin - reproj.keypoints).max() < 0.5       # the sequence.Camera reprojects the same
+    persp, rp = fuse_poses(dd, pp, det, camera_model="perspective", focal=800.0)
+    assert persp.camera.focal == 800.0 and np.isfinite(rp.keypoints).all()
+    assert np.abs(project_pinhole(persp.joints, persp.camera) - rp.keypoints).max() < 1e-2
+
+
+def test_fuse_poses_converts_layout_and_checks_frames():
+    X = _skeletons(3, seed=4).float().numpy()
+    coco = np.zeros((3, 17, 2), np.float32)
+    h36 = 100 * X[..., :2] + 300
+    for name in ("l_shoulder", "r_shoulder", "l_elbow", "r_elbow", "l_wrist", "r_wrist", "l_hip", "r_hip",
+                 "l_knee", "r_knee", "l_ankle", "r_ankle"):
+        coco[:, COCO17.index(name)] = h36[:, H36M17.index(name)]
+    sc = np.zeros((3, 17), np.float32)
+    sc[:, [COCO17.index(n) for n in ("l_knee", "r_knee", "l_ankle", "r_ankle", "l_wrist", "r_wrist")]] = 1
+    det = Pose2D(coco, sc, (640, 640), 25.0, "coco17")
+    fused, reproj = fuse_poses(Pose3D(X), Pose3D(X, source="pp"), det)
+    idx = [H36M17.index(n) for n in ("l_knee", "r_knee", "l_ankle", "r_ankle", "l_wrist", "r_wrist")]
+    assert np.abs(reproj.keypoints[:, idx] - h36[:, idx]).max() < 1e-3
+    with pytest.raises(PoseError, match="frame counts differ"):
+        fuse_poses(Pose3D(X[:2]), Pose3D(X, source="pp"), det)
+    with pytest.raises(ValueError, match="camera_model"):
+        fuse_poses(Pose3D(X), Pose3D(X, source="pp"), det, camera_model="fisheye")
