@@ -113,7 +113,7 @@ class SkeletonEncoder(nn.Module):
         return features
 
     def encode_clip(self, heatmaps: torch.Tensor) -> list[torch.Tensor]:
-        """(B, T, L, H, W) → features flattened batch-major to (B·T, C_i, h_i, w_i), as UNetMotionModel orders frames."""
+        """(B, T, L, H, W) → features (B·T, C_i, h_i, w_i), batch-major as UNetMotionModel orders frames."""
         if heatmaps.ndim != 5:
             raise ValueError(f"encode_clip expects (B, T, L, H, W); got {tuple(heatmaps.shape)}")
         return self(rearrange(heatmaps, "b t l h w -> (b t) l h w"))

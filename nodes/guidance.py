@@ -10,10 +10,8 @@ _FIT_TOOLTIP = ("How the pose's source frame maps onto width×height: stretch fi
 
 
 def _size_inputs(tooltip: str) -> dict:
-    return {
-        "width": ("INT", {"default": 384, "min": 64, "max": 2048, "step": 8, "tooltip": f"Output width in pixels. {tooltip}"}),
-        "height": ("INT", {"default": 384, "min": 64, "max": 2048, "step": 8, "tooltip": f"Output height in pixels. {tooltip}"}),
-    }
+    return {side: ("INT", {"default": 384, "min": 64, "max": 2048, "step": 8,
+                           "tooltip": f"Output {side} in pixels. {tooltip}"}) for side in ("width", "height")}
 
 
 class FinePhysSkeletonHeatmap:

@@ -107,7 +107,8 @@ def test_injection_matches_diffusers_adapter_residuals():
             ours = unet(x, t, e).sample
         plain = unet(x, t, e).sample                       # hooks removed afterwards
     assert torch.equal(ref, ours) and not torch.allclose(ours, plain)
-    with pytest.raises(ValueError, match="down block 0"), torch.no_grad(), unet2d_injection(unet, [f[:, :1] for f in feats]):
+    wrong = [f[:, :1] for f in feats]
+    with pytest.raises(ValueError, match="down block 0"), torch.no_grad(), unet2d_injection(unet, wrong):
         unet(x, t, e)
 
 

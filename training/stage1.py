@@ -271,15 +271,16 @@ def run(config: dict, args) -> dict:
                                              **cfg["encoder"])
     encoder = SkeletonEncoder(enc_cfg)
     train = cfg["train"]
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=float(train["lr"]), weight_decay=float(train["weight_decay"]))
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=float(train["lr"]),
+                                  weight_decay=float(train["weight_decay"]))
     max_steps = int(cfg["max_steps"])
     meta = {"stage": 1, "encoder_config": enc_cfg.to_dict(), "config": cfg}
-    ctx = common.train_loop(encoder, optimizer, make_step_fn(dataset, frozen, cfg), out_dir=out_dir, max_steps=max_steps,
-                      seed=int(cfg["seed"]), resume=bool(getattr(args, "resume", False)),
-                      scheduler_fn=common.cosine_schedule(int(train["warmup"]), max_steps),
-                      grad_clip=train["grad_clip"], ckpt_every=int(train["ckpt_every"]),
-                      log_every=int(train["log_every"]), meta=meta, accelerator=accelerator, desc="stage 1",
-                      stop_after=getattr(args, "stop_after", None))
+    ctx = common.train_loop(
+        encoder, optimizer, make_step_fn(dataset, frozen, cfg), out_dir=out_dir, max_steps=max_steps,
+        seed=int(cfg["seed"]), resume=bool(getattr(args, "resume", False)),
+        scheduler_fn=common.cosine_schedule(int(train["warmup"]), max_steps), grad_clip=train["grad_clip"],
+        ckpt_every=int(train["ckpt_every"]), log_every=int(train["log_every"]), meta=meta, accelerator=accelerator,
+        desc="stage 1", stop_after=getattr(args, "stop_after", None))
     result = {"steps": int(ctx.extra["step"]), "images": len(dataset)}
     if accelerator.is_main_process and result["steps"] == max_steps:
         encoder.eval()
