@@ -9,7 +9,10 @@ import os
 from pathlib import Path
 
 FINEPHYS_FOLDER = "finephys"
+RTMLIB_FOLDER = "finephys_rtmlib"  # rtmlib's .onnx files; users remap it under this name in extra_model_paths.yaml
 MODEL_EXTENSIONS = {".safetensors", ".onnx", ".ckpt", ".pt", ".pth", ".bin"}
+# Default location of a folder name under models/ when it is not models/<name>/.
+_DEFAULT_SUBDIRS = {RTMLIB_FOLDER: "finephys/rtmlib"}
 
 
 def _folder_paths():
@@ -27,12 +30,17 @@ def models_root() -> Path:
     return Path(os.environ.get("FINEPHYS_MODELS_DIR", "models"))
 
 
+def default_model_dir(name: str) -> Path:
+    """Where a model folder name lives by default: ``models/<name>/`` (``models/finephys/rtmlib/`` for rtmlib)."""
+    return models_root() / _DEFAULT_SUBDIRS.get(name, name)
+
+
 def register_model_folder(name: str = FINEPHYS_FOLDER) -> None:
     """Register ``models/<name>/`` with ComfyUI, with explicit extensions (a new name otherwise means 'any file')."""
     fp = _folder_paths()
     if fp is None:
         return
-    default = str(Path(fp.models_dir) / name)
+    default = str(default_model_dir(name))
     paths, exts = fp.folder_names_and_paths.get(name, ([], set()))
     if default not in paths:
         paths = [*paths, default]
@@ -44,7 +52,7 @@ def folder_dirs(name: str) -> list[Path]:
     fp = _folder_paths()
     if fp is not None and name in fp.folder_names_and_paths:
         return [Path(p) for p in fp.folder_names_and_paths[name][0]]
-    return [models_root() / name]
+    return [default_model_dir(name)]
 
 
 def list_models(name: str, suffixes: tuple[str, ...] = (".safetensors",)) -> list[str]:
@@ -71,6 +79,35 @@ def model_path(name: str, filename: str) -> Path:
             return d / filename
     raise FileNotFoundError(f"model file {filename!r} not found in the {name!r} model folder "
                             f"({', '.join(str(d) for d in folder_dirs(name))})")
+
+
+def directory(kind: str) -> Path:
+    """ComfyUI's 'input', 'output' or 'temp' directory; outside ComfyUI $FINEPHYS_<KIND>_DIR or ./<kind>."""
+    if kind not in ("input", "output", "temp"):
+        raise ValueError(f"directory kind must be 'input', 'output' or 'temp'; got {kind!r}")
+    fp = _folder_paths()
+    if fp is not None:
+        return Path(fp.get_directory_by_type(kind))
+    return Path(os.environ.get(f"FINEPHYS_{kind.upper()}_DIR", kind))
+
+
+def save_path(filename_prefix: str, kind: str = "output") -> tuple[Path, str, int, str]:
+    """(folder, file stem, next counter, subfolder) for ``<prefix>_<counter:05>_...`` files, as ComfyUI's savers
+    name them (``%date%``-style variables expanded inside ComfyUI); never a folder outside ``directory(kind)``."""
+    root = directory(kind)
+    fp = _folder_paths()
+    if fp is not None:
+        folder, stem, counter, subfolder, _ = fp.get_save_image_path(filename_prefix, str(root))
+        return Path(folder), stem, counter, subfolder
+    root = root.resolve()
+    subfolder = os.path.dirname(os.path.normpath(filename_prefix))
+    stem = os.path.basename(os.path.normpath(filename_prefix))
+    folder = (root / subfolder).resolve()
+    if os.path.commonpath((root, folder)) != str(root):
+        raise ValueError(f"filename_prefix {filename_prefix!r} points outside the {kind} folder {root}")
+    counters = [int(p.name[len(stem) + 1:].split("_")[0]) for p in folder.glob(f"{stem}_*")
+                if p.name[len(stem) + 1:].split("_")[0].isdigit()] if folder.is_dir() else []
+    return folder, stem, max(counters, default=0) + 1, subfolder
 
 
 class Progress:

@@ -1,0 +1,201 @@
+"""The pack inside a real ComfyUI (v0.3.64 or newer): loads without IMPORT FAILED, its nodes are in /object_info
+with the right types, and API prompts run end to end over HTTP.
+
+Skipped unless COMFYUI_DIR points at a ComfyUI checkout. ComfyUI runs in a subprocess with
+FINEPHYS_COMFY_PYTHON (a venv made by tests/setup_comfyui.sh), else this interpreter:
+
+    bash tests/setup_comfyui.sh /path/to/ComfyUI /path/to/venv-comfy
+    COMFYUI_DIR=/path/to/ComfyUI FINEPHYS_COMFY_PYTHON=/path/to/venv-comfy/bin/python \
+        python -m pytest -q tests/test_comfyui.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny_onnx  # noqa: E402
+
+from finephys_core.sequence import Pose2D, Pose3D, load_pose, save_pose  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+PYTHON = os.environ.get("FINEPHYS_COMFY_PYTHON") or sys.executable
+PACK_DIR_NAME = "ComfyUI-FinePhys"
+
+pytestmark = [
+    pytest.mark.comfyui,
+    pytest.mark.skipif(not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").is_file(),
+                       reason="set COMFYUI_DIR to a ComfyUI checkout (and FINEPHYS_COMFY_PYTHON to its venv's python)"),
+]
+
+POSE_NODES = {  # node id → (input name → type, for every input), output types
+    "FinePhysDetectPose2D": ({"images": "IMAGE", "mode": "COMBO", "fps": "FLOAT", "frame_stride": "INT",
+                              "keypoint_set": "COMBO", "device": "COMBO"}, ["FINEPHYS_POSE2D"]),
+    "FinePhysPoseFromKeypoints": ({"pose_keypoint": "POSE_KEYPOINT", "fps": "FLOAT"}, ["FINEPHYS_POSE2D"]),
+    "FinePhysLoadPoseModel": ({"model_name": "COMBO"}, ["FINEPHYS_POSE_MODEL"]),
+    "FinePhysLiftICL3D": ({"pose2d": "FINEPHYS_POSE2D", "pose_model": "FINEPHYS_POSE_MODEL"}, ["FINEPHYS_POSE3D"]),
+    "FinePhysPhysNetRefine": ({"pose3d_dd": "FINEPHYS_POSE3D", "pose_model": "FINEPHYS_POSE_MODEL",
+                               "frame_stride": "INT"}, ["FINEPHYS_POSE3D"]),
+    "FinePhysFusePoses": ({"pose3d_dd": "FINEPHYS_POSE3D", "pose3d_pp": "FINEPHYS_POSE3D",
+                           "pose2d": "FINEPHYS_POSE2D", "weight": "FLOAT", "camera_model": "COMBO",
+                           "focal": "FLOAT"}, ["FINEPHYS_POSE3D", "FINEPHYS_POSE2D"]),
+    "FinePhysSavePose": ({"filename_prefix": "STRING", "format": "COMBO", "pose2d": "FINEPHYS_POSE2D",
+                          "pose3d": "FINEPHYS_POSE3D"}, ["STRING"]),
+    "FinePhysLoadPose": ({"pose_file": "COMBO", "path": "STRING"}, ["FINEPHYS_POSE2D", "FINEPHYS_POSE3D"]),
+    "FinePhysPreviewPose": ({"height": "INT", "pose2d": "FINEPHYS_POSE2D", "pose3d": "FINEPHYS_POSE3D",
+                             "frames": "IMAGE"}, []),
+}
+
+T = 16
+LIGHT_DET = "yolox_tiny_8xb8-300e_humanart-6f3252f9.onnx"
+LIGHT_POSE = "rtmpose-s_simcc-body7_pt-body7_420e-256x192-acd4a1ef_20230504.onnx"
+UV = np.array([(96, 40), (104, 34), (88, 34), (112, 38), (80, 38), (120, 70), (72, 70), (130, 105), (62, 105),
+               (136, 140), (56, 140), (110, 140), (82, 140), (112, 185), (80, 185), (114, 228), (78, 228)], float)
+BOX = (100, 60, 180, 300)
+
+
+def clip_pose2d() -> Pose2D:
+    rng = np.random.default_rng(0)
+    base = np.array([(160, 120), (150, 120), (150, 160), (150, 200), (170, 120), (170, 160), (170, 200),
+                     (160, 100), (160, 80), (160, 70), (160, 60), (175, 80), (185, 100), (190, 120), (145, 80),
+                     (135, 100), (130, 120)], np.float32)
+    kp = base[None] + np.linspace(0, 20, T)[:, None, None] + rng.normal(0, 0.5, (T, 17, 2))
+    return Pose2D(kp.astype(np.float32), np.full((T, 17), 0.9, np.float32), (320, 240), 25.0)
+
+
+def prompts() -> dict:
+    lift_chain = {
+        "1": {"class_type": "FinePhysLoadPose", "inputs": {"pose_file": "finephys_test/clip_pose2d.npz", "path": ""}},
+        "2": {"class_type": "FinePhysLoadPoseModel", "inputs": {"model_name": "(embedded default)"}},
+        "3": {"class_type": "FinePhysLiftICL3D", "inputs": {"pose2d": ["1", 0], "pose_model": ["2", 0]}},
+        "4": {"class_type": "FinePhysPhysNetRefine",
+              "inputs": {"pose3d_dd": ["3", 0], "pose_model": ["2", 0], "frame_stride": 1}},
+        "5": {"class_type": "FinePhysFusePoses",
+              "inputs": {"pose3d_dd": ["3", 0], "pose3d_pp": ["4", 0], "pose2d": ["1", 0], "weight": 0.5,
+                         "camera_model": "weak", "focal": 0.0}},
+        "6": {"class_type": "FinePhysSavePose",
+              "inputs": {"filename_prefix": "finephys_test/fused", "format": "npz", "pose2d": ["5", 1],
+                         "pose3d": ["5", 0]}},
+        "7": {"class_type": "FinePhysSavePose",
+              "inputs": {"filename_prefix": "finephys_test/pp", "format": "json", "pose3d": ["4", 0]}},
+        "8": {"class_type": "FinePhysPreviewPose", "inputs": {"height": 128, "pose2d": ["5", 1], "pose3d": ["5", 0]}},
+    }
+    detect = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "person.png"}},
+        "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 3}},
+        "3": {"class_type": "FinePhysDetectPose2D",
+              "inputs": {"images": ["2", 0], "mode": "lightweight", "fps": 30.0, "frame_stride": 1,
+                         "keypoint_set": "coco17", "device": "cpu"}},
+        "4": {"class_type": "FinePhysSavePose",
+              "inputs": {"filename_prefix": "finephys_test/detected", "format": "npz", "pose2d": ["3", 0]}},
+    }
+    bad_input = {  # Lift fed from the 3D-less output of a 2D file: a clear error, ComfyUI keeps running
+        "1": {"class_type": "FinePhysLoadPose", "inputs": {"pose_file": "finephys_test/clip_pose2d.npz", "path": ""}},
+        "2": {"class_type": "FinePhysLoadPoseModel", "inputs": {"model_name": "(embedded default)"}},
+        "3": {"class_type": "FinePhysPhysNetRefine",
+              "inputs": {"pose3d_dd": ["1", 1], "pose_model": ["2", 0], "frame_stride": 1}},
+        "4": {"class_type": "FinePhysSavePose",
+              "inputs": {"filename_prefix": "finephys_test/never", "format": "npz", "pose3d": ["3", 0]}},
+    }
+    return {"lift_chain": lift_chain, "detect": detect, "bad_input": bad_input}
+
+
+def prepare_base(base: Path) -> None:
+    for d in ("custom_nodes", "input/finephys_test", "output", "temp", "user", "models/finephys/rtmlib"):
+        (base / d).mkdir(parents=True, exist_ok=True)
+    (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(ROOT, target_is_directory=True)
+    save_pose(clip_pose2d(), base / "input" / "finephys_test" / "clip_pose2d.npz")
+    import cv2
+    img = np.zeros((416, 416, 3), np.uint8)
+    x1, y1, x2, y2 = BOX
+    img[y1:y2, x1:x2, 0] = 255  # BGR blue: the tiny detector boxes channel 0
+    cv2.imwrite(str(base / "input" / "person.png"), img)
+    rtm = base / "models" / "finephys" / "rtmlib"
+    tiny_onnx.make_yolox(rtm / LIGHT_DET)
+    tiny_onnx.make_rtmpose(rtm / LIGHT_POSE, 2 * UV[:, 0], 2 * UV[:, 1], np.full(17, 0.9, np.float32))
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    prepare_base(base)
+    (base / "prompts.json").write_text(json.dumps(prompts()))
+    result_path = base / "result.json"
+    cmd = [PYTHON, str(ROOT / "tests" / "comfyui_harness.py"), "--comfyui", COMFYUI_DIR, "--base", str(base),
+           "--prompts", str(base / "prompts.json"), "--result", str(result_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if not result_path.exists():
+        pytest.fail(f"harness wrote no result (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    result = json.loads(result_path.read_text())
+    result["base"] = base
+    if "error" in result:
+        pytest.fail(f"{result['error']}\n--- ComfyUI log tail ---\n{result['log_tail']}")
+    return result
+
+
+def test_pack_imports_without_failure(comfy):
+    ours = [line for line in comfy["import_failed"] if PACK_DIR_NAME in line]
+    assert not ours, f"{ours}\n{comfy['log_tail']}"
+    assert PACK_DIR_NAME in comfy["log_tail"] or comfy["object_info"], comfy["log_tail"]
+
+
+def test_object_info_lists_pose_nodes_with_types(comfy):
+    info = comfy["object_info"]
+    missing = sorted(set(POSE_NODES) - set(info))
+    assert not missing, f"not in /object_info: {missing}; FinePhys ids there: {sorted(info)}"
+    for node_id, (inputs, outputs) in POSE_NODES.items():
+        entry = info[node_id]
+        got = {}
+        for sect in ("required", "optional"):
+            for name, spec in entry["input"].get(sect, {}).items():
+                got[name] = "COMBO" if isinstance(spec[0], list) or spec[0] == "COMBO" else spec[0]
+        assert got == inputs, node_id
+        order = [n for sect in ("required", "optional") for n in entry["input_order"].get(sect, [])]
+        assert order == list(inputs), node_id
+        assert entry["output"] == outputs, node_id
+        assert entry["category"] == "FinePhys/pose" and entry["description"], node_id
+    assert info["FinePhysSavePose"]["output_node"] and info["FinePhysPreviewPose"]["output_node"]
+    combo = info["FinePhysDetectPose2D"]["input"]["required"]["mode"]
+    assert {"performance", "balanced", "lightweight", "rtmo"} <= set(combo[0] if isinstance(combo[0], list)
+                                                                     else combo[1]["options"])
+
+
+def test_lift_refine_fuse_save_prompt(comfy):
+    run = comfy["prompts"]["lift_chain"]
+    assert run["status"] == "success", run
+    out = comfy["base"] / "output" / "finephys_test"
+    fused3d, fused2d = load_pose(out / "fused_00001_pose3d.npz"), load_pose(out / "fused_00001_pose2d.npz")
+    assert isinstance(fused3d, Pose3D) and fused3d.joints.shape == (T, 17, 3) and fused3d.source == "fused"
+    assert isinstance(fused2d, Pose2D) and fused2d.keypoints.shape == (T, 17, 2) and fused2d.image_size == (320, 240)
+    pp = load_pose(out / "pp_00001_pose3d.json")
+    assert pp.source == "pp" and pp.joints.shape == (T, 17, 3)
+    assert run["outputs"]["6"]["text"] == [str(out / "fused_00001_pose2d.npz"), str(out / "fused_00001_pose3d.npz")]
+    (preview,) = run["outputs"]["8"]["images"]
+    assert preview["type"] == "temp" and run["outputs"]["8"]["animated"] == [True]
+    (served,) = run["views"]["8"]  # fetched through GET /view while ComfyUI ran (it empties temp/ on exit)
+    assert served["riff"] == "RIFF" and served["format"] == "WEBP" and served["bytes"] > 100, served
+
+
+def test_detect_prompt_reads_models_folder(comfy):
+    run = comfy["prompts"]["detect"]
+    assert run["status"] == "success", run
+    pose = load_pose(comfy["base"] / "output" / "finephys_test" / "detected_00001_pose2d.npz")
+    assert isinstance(pose, Pose2D) and pose.keypoints.shape == (3, 17, 2) and pose.fps == 30.0
+    assert (pose.scores.max(-1) > 0.8).all()
+    x1, y1, x2, y2 = BOX
+    assert x1 <= pose.keypoints[0, 0, 0] <= x2 and y1 <= pose.keypoints[0, 0, 1] <= y2  # pelvis inside the person
+
+
+def test_bad_input_is_a_clear_error(comfy):
+    run = comfy["prompts"]["bad_input"]
+    assert run["status"] == "error", run
+    (err,) = run["errors"]
+    assert err["node_type"] == "FinePhysPhysNetRefine" and "'pose3d_dd' is empty" in err["exception_message"]
+    assert not (comfy["base"] / "output" / "finephys_test" / "never_00001_pose3d.npz").exists()
