@@ -182,3 +182,28 @@ def test_text_encoder_weights_from_ldm_keys():
         stage1._text_state({"model.diffusion_model.x": torch.zeros(1)}, dst, "unet_only.safetensors")
     sd15 = stage1._text_config({"text": {"encoder_config": None}})
     assert CLIPTextConfig(**sd15).hidden_size == 768
+
+
+def test_frozen_models_load_from_an_ldm_single_file(tmp_path):
+    """The real-run path: UNet, VAE and CLIP text weights from one LDM-layout checkpoint (tiny, written here)."""
+    ldm = pytest.importorskip("test_pipeline_loading")     # the sampler helper's diffusers → LDM key writers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+    cfg = stage1.merge_config(tiny_config(tmp_path))
+    ucfg, vcfg = stage1._configs(cfg)
+    torch.manual_seed(1)
+    unet, vae = UNet2DConditionModel.from_config(ucfg), AutoencoderKL.from_config(vcfg)
+    text = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
+    body = {k.removeprefix("text_model."): v for k, v in text.state_dict().items()}
+    ckpt = {**ldm.unet_to_ldm(unet.state_dict(), ucfg), **ldm.vae_to_ldm(vae.state_dict(), vcfg),
+            **{f"cond_stage_model.transformer.text_model.{k}": v for k, v in body.items()}}
+    save_file({k: v.contiguous() for k, v in ckpt.items()}, str(tmp_path / "sd15.safetensors"))
+    cfg["model"].update(random_weights=False, checkpoint=str(tmp_path / "sd15.safetensors"))
+    frozen = stage1.load_frozen(cfg, "cpu", torch.float32)
+    x, t, e = torch.randn(1, 4, 8, 8), torch.tensor([100]), torch.randn(1, 16, 768)
+    with torch.no_grad():
+        assert torch.equal(frozen.unet(x, t, e).sample, unet(x, t, e).sample)
+        ids = frozen.tokenizer(["a dancer"], padding="max_length", max_length=16, return_tensors="pt").input_ids
+        assert torch.equal(frozen.text_encoder(ids)[0], text(ids)[0])
+    assert not any(p.requires_grad for p in frozen.unet.parameters())
