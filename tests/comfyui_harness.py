@@ -54,6 +54,10 @@ def start(comfyui: Path, base: Path, port: int, log_path: Path) -> subprocess.Po
            "--user-directory", str(base / "user"), "--database-url", f"sqlite:///{base / 'db.sqlite'}"]
     for d in ("output", "temp", "user", "input", "models", "custom_nodes"):
         (base / d).mkdir(parents=True, exist_ok=True)
+    settings = base / "user" / "default" / "comfy.settings.json"
+    if not settings.exists():  # no first-run template dialog over the canvas in frontend screenshots
+        settings.parent.mkdir(parents=True, exist_ok=True)
+        settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = open(log_path, "w")
     return subprocess.Popen(cmd, cwd=comfyui, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -106,6 +110,139 @@ def view(url: str, image: dict) -> dict:
         return {"http_status": e.code}
 
 
+# ----------------------------------------------------------------------------- UI → API format
+
+# Saved widget values that the frontend keeps in widgets_values but never sends (they are not node inputs).
+UI_ONLY_VALUES = ("control_after_generate", "upload")
+# Frontend-only nodes (comments on the canvas): never sent.
+VIRTUAL_NODES = ("Note", "MarkdownNote")
+
+
+def ui_to_api(workflow: dict, saved_values: dict) -> dict:
+    """The API prompt the frontend sends for a UI-format workflow (what graphToPrompt does for plain nodes).
+
+    saved_values: node type → names of its widgets_values in order (UI-only entries named as in
+    UI_ONLY_VALUES are dropped). Links become [from node id as str, from slot]; muted/bypassed nodes (mode ≠ 0)
+    are left out.
+    """
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) != 0 or node["type"] in VIRTUAL_NODES:
+            continue
+        names = saved_values[node["type"]]
+        values = node.get("widgets_values") or []
+        if len(values) != len(names):
+            raise ValueError(f"node {node['id']} ({node['type']}) has {len(values)} widget values; expected "
+                             f"{len(names)}: {names}")
+        inputs = {n: v for n, v in zip(names, values) if n not in UI_ONLY_VALUES}
+        for inp in node.get("inputs") or []:
+            if inp.get("link") is not None:
+                link = links[inp["link"]]
+                inputs[inp["name"]] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+# ----------------------------------------------------------------------------- the real frontend (optional)
+
+def chromium_frontend(chromium: str, url: str, workflows: dict, work: Path, timeout: float = 120.0) -> dict:
+    """Open ComfyUI's page in headless chromium and, for each UI-format workflow, call the page's
+    ``app.loadGraphData`` and ``app.graphToPrompt``: the API prompt the browser would queue, the graph as the
+    frontend re-serialises it, and the warnings it showed. Speaks the DevTools protocol through aiohttp
+    (a ComfyUI requirement). Returns {name: {...}} plus 'screenshot' paths."""
+    import asyncio
+
+    import aiohttp
+
+    port = free_port()
+    profile = work / "chromium-profile"
+    profile.mkdir(parents=True, exist_ok=True)
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+           f"--remote-debugging-port={port}", "--window-size=2400,1100", "about:blank"]
+    browser = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(work / "chromium.log", "w"),
+                               start_new_session=True)
+
+    async def session():
+        end = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http_session:
+            while True:
+                try:
+                    async with http_session.get(f"http://127.0.0.1:{port}/json") as r:
+                        pages = [p for p in await r.json() if p.get("type") == "page"]
+                    if pages:
+                        break
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > end:
+                    raise TimeoutError("chromium's DevTools endpoint did not come up")
+                await asyncio.sleep(0.5)
+            async with http_session.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                counter = iter(range(1, 1 << 30))
+
+                async def call(method, **params):
+                    msg_id = next(counter)
+                    await ws.send_json({"id": msg_id, "method": method, "params": params})
+                    async for msg in ws:
+                        data = json.loads(msg.data)
+                        if data.get("id") == msg_id:
+                            if "error" in data:
+                                raise RuntimeError(f"{method}: {data['error']}")
+                            return data["result"]
+                    raise RuntimeError("DevTools connection closed")
+
+                async def evaluate(expr):
+                    res = await call("Runtime.evaluate", expression=expr, awaitPromise=True, returnByValue=True)
+                    if "exceptionDetails" in res:
+                        raise RuntimeError(json.dumps(res["exceptionDetails"])[:2000])
+                    return res["result"].get("value")
+
+                await call("Page.enable")
+                await call("Page.navigate", url=url)
+                while not await evaluate("!!(window.app && window.app.graph && window.app.graph.serialize)"):
+                    if time.monotonic() > end:
+                        raise TimeoutError("ComfyUI's frontend did not start in chromium")
+                    await asyncio.sleep(0.5)
+                await asyncio.sleep(2.0)  # let extensions register
+                out = {}
+                for name, wf in workflows.items():
+                    expr = f"""(async () => {{
+                        const toasts = [];
+                        const wf = {json.dumps(wf)};
+                        const before = console.warn; const warnings = [];
+                        console.warn = (...a) => {{ warnings.push(a.map(String).join(' ')); before(...a); }};
+                        try {{
+                            await app.loadGraphData(wf, true, true, {json.dumps(name)});
+                            const p = await app.graphToPrompt();
+                            return JSON.stringify({{output: p.output, workflow: app.graph.serialize(),
+                                                    warnings}});
+                        }} finally {{ console.warn = before; }}
+                    }})()"""
+                    try:
+                        out[name] = json.loads(await evaluate(expr))
+                    except RuntimeError as e:
+                        out[name] = {"error": str(e)}
+                    try:
+                        await evaluate("app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+                        await evaluate("(() => { const ds = app.canvas.ds; if (ds.scale < 0.65) ds.scale = 0.65; "
+                                       "app.canvas.setDirty(true, true); return true; })()")
+                    except RuntimeError:
+                        pass
+                    await asyncio.sleep(1.0)
+                    shot = await call("Page.captureScreenshot", format="png")
+                    path = work / f"{name}.png"
+                    import base64
+                    path.write_bytes(base64.b64decode(shot["data"]))
+                    out[name]["screenshot"] = str(path)
+                return out
+
+    try:
+        return asyncio.run(session())
+    finally:
+        stop(browser)
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -123,6 +260,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=Path)
     ap.add_argument("--result", type=Path, required=True)
     ap.add_argument("--prefix", default="FinePhys")
+    ap.add_argument("--workflows", type=Path, nargs="*", default=[], help="UI-format workflows for the frontend")
+    ap.add_argument("--chromium", help="chromium binary: load --workflows in the real frontend")
     ap.add_argument("--start-timeout", type=float, default=180.0)
     ap.add_argument("--prompt-timeout", type=float, default=180.0)
     args = ap.parse_args(argv)
@@ -141,6 +280,9 @@ def main(argv=None) -> int:
         result["core_node_count"] = len(info)
         prompts = json.loads(args.prompts.read_text()) if args.prompts else {}
         result["prompts"] = {name: run_prompt(url, p, args.prompt_timeout) for name, p in prompts.items()}
+        if args.chromium and args.workflows:
+            wfs = {w.stem: json.loads(w.read_text()) for w in args.workflows}
+            result["frontend"] = chromium_frontend(args.chromium, url, wfs, args.base)
     except Exception as e:  # report, do not hide: the test prints the log tail
         result["error"] = f"{type(e).__name__}: {e}"
     finally:

@@ -21,12 +21,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_onnx  # noqa: E402
+from comfyui_harness import ui_to_api  # noqa: E402
+from test_workflows import saved_value_names  # noqa: E402
 
 from finephys_core.sequence import Pose2D, Pose3D, load_pose, save_pose  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 PYTHON = os.environ.get("FINEPHYS_COMFY_PYTHON") or sys.executable
+CHROMIUM = os.environ.get("FINEPHYS_CHROMIUM")  # optional: also load every workflow in the real frontend
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+REFINE_WORKFLOW = ROOT / "workflows" / "finephys_pose_refine.json"
+VIDEO_FRAMES = 8
 PACK_DIR_NAME = "ComfyUI-FinePhys"
 
 pytestmark = [
@@ -104,7 +110,21 @@ def prompts() -> dict:
         "4": {"class_type": "FinePhysSavePose",
               "inputs": {"filename_prefix": "finephys_test/never", "format": "npz", "pose3d": ["3", 0]}},
     }
-    return {"lift_chain": lift_chain, "detect": detect, "bad_input": bad_input}
+    return {"lift_chain": lift_chain, "detect": detect, "bad_input": bad_input,
+            "workflow_refine": shipped_refine_prompt()}
+
+
+def shipped_refine_prompt() -> dict:
+    """workflows/finephys_pose_refine.json as the browser would queue it, pointed at the test's video and at
+    the tiny 'lightweight' models (the shipped default mode needs the real 'balanced' files)."""
+    wf = json.loads(REFINE_WORKFLOW.read_text())
+    prompt = ui_to_api(wf, saved_value_names(wf))
+    for entry in prompt.values():
+        if entry["class_type"] == "LoadVideo":
+            entry["inputs"]["file"] = "clip.mp4"
+        if entry["class_type"] == "FinePhysDetectPose2D":
+            entry["inputs"].update(mode="lightweight", device="cpu")
+    return prompt
 
 
 def prepare_base(base: Path) -> None:
@@ -117,6 +137,12 @@ def prepare_base(base: Path) -> None:
     x1, y1, x2, y2 = BOX
     img[y1:y2, x1:x2, 0] = 255  # BGR blue: the tiny detector boxes channel 0
     cv2.imwrite(str(base / "input" / "person.png"), img)
+    video = cv2.VideoWriter(str(base / "input" / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (416, 416))
+    for t in range(VIDEO_FRAMES):
+        frame = np.zeros((416, 416, 3), np.uint8)
+        frame[y1:y2, x1 + 2 * t:x2 + 2 * t, 0] = 255
+        video.write(frame)
+    video.release()
     rtm = base / "models" / "finephys" / "rtmlib"
     tiny_onnx.make_yolox(rtm / LIGHT_DET)
     tiny_onnx.make_rtmpose(rtm / LIGHT_POSE, 2 * UV[:, 0], 2 * UV[:, 1], np.full(17, 0.9, np.float32))
@@ -130,6 +156,8 @@ def comfy(tmp_path_factory):
     result_path = base / "result.json"
     cmd = [PYTHON, str(ROOT / "tests" / "comfyui_harness.py"), "--comfyui", COMFYUI_DIR, "--base", str(base),
            "--prompts", str(base / "prompts.json"), "--result", str(result_path)]
+    if CHROMIUM:
+        cmd += ["--chromium", CHROMIUM, "--workflows", *map(str, WORKFLOWS)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if not result_path.exists():
         pytest.fail(f"harness wrote no result (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -199,3 +227,27 @@ def test_bad_input_is_a_clear_error(comfy):
     (err,) = run["errors"]
     assert err["node_type"] == "FinePhysPhysNetRefine" and "'pose3d_dd' is empty" in err["exception_message"]
     assert not (comfy["base"] / "output" / "finephys_test" / "never_00001_pose3d.npz").exists()
+
+
+def test_shipped_refine_workflow_runs(comfy):
+    run = comfy["prompts"]["workflow_refine"]
+    assert run["status"] == "success", run
+    out = comfy["base"] / "output" / "finephys"
+    pose2d, pose3d = load_pose(out / "refined_00001_pose2d.npz"), load_pose(out / "refined_00001_pose3d.npz")
+    assert pose2d.keypoints.shape == (VIDEO_FRAMES, 17, 2) and pose2d.image_size == (416, 416)
+    assert pose3d.joints.shape == (VIDEO_FRAMES, 17, 3) and pose3d.source == "fused"
+    assert abs(pose2d.fps - 25.0) < 1e-3  # the video's fps reached the detector through the linked widget
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="set FINEPHYS_CHROMIUM to a chromium binary to check the real frontend")
+def test_workflows_load_in_real_frontend(comfy):
+    """The browser's own conversion (app.loadGraphData + app.graphToPrompt) gives the prompt ui_to_api gives."""
+    for path in WORKFLOWS:
+        got = comfy["frontend"][path.stem]
+        assert "error" not in got, got
+        assert not got["warnings"], got["warnings"]
+        wf = json.loads(path.read_text())
+        mine = ui_to_api(wf, saved_value_names(wf))
+        browser = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in got["output"].items()}
+        assert browser == mine, path.name
+        assert len(got["workflow"]["nodes"]) == len(wf["nodes"]) and got["workflow"]["links"] == wf["links"]
