@@ -105,3 +105,99 @@ def test_kill_and_resume_gives_identical_parameters(tmp_path):
     assert len(list((tmp_path / "b").glob("ckpt-*.safetensors"))) == 2   # older ones pruned
     fresh = _toy_run(tmp_path / "c", stop_after=3)
     assert not all(torch.equal(p, q) for p, q in zip(fresh.parameters(), straight.parameters()))
+
+
+# ------------------------------------------------------------------------------------ stage smoke runs
+
+def _skeleton() -> np.ndarray:
+    """A standing H36M-17 body, metres, Z up, pelvis at the origin."""
+    from finephys_core.skeleton import H36M17
+    offsets = {1: (-0.13, 0, 0), 2: (0, 0, -0.44), 3: (0, 0, -0.43), 4: (0.13, 0, 0), 5: (0, 0, -0.44),
+               6: (0, 0, -0.43), 7: (0, 0, 0.23), 8: (0, 0, 0.25), 9: (0, 0.05, 0.1), 10: (0, -0.05, 0.12),
+               11: (0.17, 0, -0.02), 12: (0, 0, -0.28), 13: (0, 0, -0.25), 14: (-0.17, 0, -0.02),
+               15: (0, 0, -0.28), 16: (0, 0, -0.25)}
+    pose = np.zeros((17, 3))
+    for j, p in enumerate(H36M17.parents):
+        if p >= 0:
+            pose[j] = pose[p] + offsets[j]
+    return pose
+
+
+def _write_shard(folder: Path, clips: int = 4, frames: int = 40) -> Path:
+    """A synth.py-format shard of a body jumping and turning in free flight (no simulator needed)."""
+    from training import synth
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    body = _skeleton()
+    out = []
+    for c in range(clips):
+        fps = (25.0, 50.0)[c % 2]
+        t = np.arange(frames) / fps
+        ang = (2.0 + c) * t
+        c_, s_, z_ = np.cos(ang), np.sin(ang), np.zeros(frames)
+        rot = np.stack([np.stack([c_, -s_, z_], -1), np.stack([s_, c_, z_], -1),
+                        np.stack([z_, z_, z_ + 1], -1)], 1)                      # (T, 3, 3) turn about Z
+        root = np.stack([0.5 * t, 0 * t, 1.0 + 3.0 * t - 0.5 * 9.81 * t ** 2], -1)
+        world = np.einsum("tab,jb->tja", rot, body) + root[:, None]
+        K, R, tr, size = synth.random_camera(world, rng)
+        cam = world @ R.T + tr
+        out.append({"joints_world": world.astype(np.float32), "com_world": root.astype(np.float32),
+                    "joints_cam": cam.astype(np.float32), "joints_cam_rel": (cam - cam[:, :1]).astype(np.float32),
+                    "keypoints_2d": synth.project(cam, K).astype(np.float32), "contact": np.zeros((frames, 4), bool),
+                    "external": np.zeros(frames, bool), "flight": np.ones(frames, bool), "K": K.astype(np.float32),
+                    "R": R.astype(np.float32), "t": tr.astype(np.float32), "image_size": np.array(size, np.int32),
+                    "fps": fps, "class_id": 0, "seed": c})
+    np.savez(folder / "shard_00000.npz", **synth.stack_clips(out))
+    return folder
+
+
+TINY = {"lifter": {"dim": 8, "depth": 1, "heads": 2, "rep_dim": 8, "window": 8},
+        "physnet": {"hidden": 8, "decoder_hidden": 8, "global_layers": 1, "local_layers": 1},
+        "batch_size": 2, "prompt_bank": 4, "prior_windows": 8, "log_every": 1, "ckpt_every": 2, "warmup": 1}
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+    return _write_shard(tmp_path_factory.mktemp("synth"))
+
+
+def _cfg(tmp_path, name, **extra) -> Path:
+    p = tmp_path / name
+    p.write_text(json.dumps({**TINY, **extra}))
+    return p
+
+
+def test_stage2_and_stage3_smoke(tmp_path, shard_dir):
+    from finephys_core.pose_model import load_pose_model
+    data = {"synth": {"path": str(shard_dir), "weight": 1.0}}
+    cfg2 = _cfg(tmp_path, "s2.json", data=data, max_steps=3, pool_size=6,
+                eval={"data": str(shard_dir), "max_clips": 2})
+    report = run_stage_main(["--stage", "2", "--config", str(cfg2), "--out", str(tmp_path / "s2")])
+    model = load_pose_model(report["weights"])
+    assert model.trained and model.window == 8 and model.prompt_2d.shape[0] == 4
+    assert [r["step"] for r in common.read_log(tmp_path / "s2")] == [1, 2, 3]
+    assert {"l3d", "noise", "mpjpe_mm"} <= set(common.read_log(tmp_path / "s2")[0])
+    assert set(report["eval"]["targets"]) == {"25", "50"}
+    assert np.isfinite(report["eval"]["results"]["25"]["fused"]["mpjpe"])
+
+    cfg3 = _cfg(tmp_path, "s3.json", data=data, max_steps=2, pool_size=4, init=report["weights"],
+                eval={"data": None})
+    report3 = run_stage_main(["--stage", "3", "--config", str(cfg3), "--out", str(tmp_path / "s3")])
+    tuned = load_pose_model(report3["weights"])
+    for a, b in zip(model.lifter.parameters(), tuned.lifter.parameters()):
+        assert torch.equal(a, b)                                   # the lifter is frozen in stage 3
+    assert any(not torch.equal(a, b) for a, b in zip(model.physnet.parameters(), tuned.physnet.parameters()))
+    assert {"l2d", "noise"} <= set(common.read_log(tmp_path / "s3")[0])
+    assert tuned.meta["stage"] == 3
+
+
+def test_stage2_resume_matches_straight_run(tmp_path, shard_dir):
+    data = {"synth": {"path": str(shard_dir), "weight": 1.0}}
+    cfg = _cfg(tmp_path, "s2.json", data=data, max_steps=4, pool_size=0, eval={"data": None})
+    run_stage_main(["--stage", "2", "--config", str(cfg), "--out", str(tmp_path / "a")])
+    run_stage_main(["--stage", "2", "--config", str(cfg), "--out", str(tmp_path / "b"), "--max-steps", "4",
+                    "--set", "stop_after=2"])
+    run_stage_main(["--stage", "2", "--config", str(cfg), "--out", str(tmp_path / "b"), "--resume"])
+    a, _ = common.load_checkpoint(tmp_path / "a" / "ckpt-00000004.safetensors")
+    b, _ = common.load_checkpoint(tmp_path / "b" / "ckpt-00000004.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

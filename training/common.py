@@ -68,6 +68,16 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return config
 
 
+def merge_config(defaults: dict, config: dict, replace: tuple[str, ...] = ("data",)) -> dict:
+    """A deep copy of ``defaults`` updated by ``config``; dict entries merge one level deep, except the keys
+    in ``replace`` (e.g. a data mixture), which the config replaces whole."""
+    out = json.loads(json.dumps(defaults))
+    for k, v in config.items():
+        merge = isinstance(out.get(k), dict) and isinstance(v, dict) and k not in replace
+        out[k] = {**out[k], **v} if merge else v
+    return out
+
+
 # --------------------------------------------------------------------------------------------- atomic files
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -1,0 +1,215 @@
+"""``python -m finephys_core.bench physics``: does PhysNet beat smoothing filters on gymnastics? (issue 3)
+
+Held-out synthetic set: physics-exact motions (training/synth.py) with seeds and cameras never used in
+training (``HELDOUT_SEED``, synth's "heldout" camera set), each seen at 25 and 50 fps; the 2D is corrupted
+by the detector-noise model (training/corruption.py, fixed seed). The set, clean and corrupted 2D included,
+is shipped as ``finephys_core/data/physics_heldout.npz`` (made by ``--make-heldout``, which needs the
+training extras: mujoco + dm_control), so the benchmark itself needs only the pack.
+
+Per frame rate and method — S_dd (lifted raw detections), S_pp (PhysNet), fused, S_dd + Savitzky–Golay
+(7, 2), S_dd + one-euro — MPJPE, N-MPJPE, PA-MPJPE, MPJVE, acceleration error, bone-length std and
+jitter (mm; derivatives per frame), and the ground truth's own bone std and jitter. Last line: JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import filters, metrics
+from ..sequence import Pose2D
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+HELDOUT_PATH = DATA / "physics_heldout.npz"
+HELDOUT_SEED = 9_000_000          # training uses seeds seed·1_000_003 + i for small seeds; far from these
+BENCH_FPS = (25, 50)
+CORRUPTION_SEED = 1234
+ONE_EURO = {"min_cutoff": 1.0, "beta": 0.5, "d_cutoff": 1.0}   # chosen on training clips (see report)
+PER_FRAME = ("joints_cam", "keypoints_2d", "det_keypoints", "det_scores", "flight", "com_world")
+METHODS = ("dd", "pp", "fused", "dd+savgol", "dd+one_euro")
+FIELDS = ("mpjpe", "n_mpjpe", "pa_mpjpe", "mpjve", "accel_error", "bone_std", "jitter")
+
+
+# ----------------------------------------------------------------------------------------- held-out set
+
+def make_heldout(path: Path = HELDOUT_PATH, motions: int = 24, seed: int = HELDOUT_SEED, workers: int = 1) -> Path:
+    """Simulate ``motions`` motions (classes in turn) and render each at every BENCH_FPS through its own
+    held-out camera; write flat arrays (clips concatenated along time, ``offsets`` delimit them)."""
+    from training import synth
+
+    cfg = synth.SynthConfig(camera=synth.CAMERA_SETS["heldout"])
+    clips = []
+    for i in range(motions):
+        sim = synth.simulate_motion(seed + i, synth.CLASSES[i % len(synth.CLASSES)], cfg)
+        rng = np.random.default_rng([seed + i, 0xBE7C])
+        clips += [synth.render_view(sim, rng, fps, cfg.camera) for fps in BENCH_FPS]
+    for i, c in enumerate(clips):
+        c["det_keypoints"], c["det_scores"] = corrupt_clip(c, i)
+    lengths = np.array([len(c["joints_cam"]) for c in clips])
+    out = {
+        "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        "fps": np.array([c["fps"] for c in clips], np.float32),
+        "image_size": np.stack([c["image_size"] for c in clips]).astype(np.int32),
+        "class_id": np.array([c["class_id"] for c in clips], np.int32),
+        "K": np.stack([c["K"] for c in clips]).astype(np.float32),
+        "seed": np.array([c["seed"] for c in clips], np.int64),
+    }
+    for k in PER_FRAME:
+        out[k] = np.concatenate([c[k] for c in clips])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **out)
+    tmp.replace(path)
+    return path
+
+
+def load_heldout(path: Path = HELDOUT_PATH) -> list[dict]:
+    """Clips as dicts: joints_cam (T,17,3) m, keypoints_2d (T,17,2) px, image_size, fps, flight, K, cls."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"held-out set not found: {path} (make it with --make-heldout)")
+    with np.load(path) as z:
+        d = {k: z[k] for k in z.files}
+    clips = []
+    for i, (a, b) in enumerate(zip(d["offsets"][:-1], d["offsets"][1:])):
+        clips.append({k: d[k][a:b] for k in PER_FRAME}
+                     | {k: d[k][i] for k in ("fps", "image_size", "class_id", "K", "seed")})
+    return clips
+
+
+def corrupt_clip(clip: dict, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """The clip's 2D through the detector-noise model, seeded by (CORRUPTION_SEED, clip index)."""
+    from training.corruption import corrupt_2d
+
+    rng = np.random.default_rng([CORRUPTION_SEED, index])
+    return corrupt_2d(clip["keypoints_2d"], None, clip["image_size"], rng, fps=float(clip["fps"]))
+
+
+def clips_from_shards(path, max_clips: int | None = None) -> list[dict]:
+    """Clips of a training/synth.py shard folder in the held-out format (2D corrupted with the fixed seed)."""
+    from training.datasets import SynthSource
+
+    clips = []
+    for i, c in enumerate(SynthSource(path).clips[:max_clips]):
+        clip = {"joints_cam": c.joints_cam, "keypoints_2d": c.keypoints, "flight": c.flight, "fps": c.fps,
+                "image_size": np.array(c.image_size), "class_id": c.class_id}
+        clip["det_keypoints"], clip["det_scores"] = corrupt_clip(clip, i)
+        clips.append(clip)
+    return clips
+
+
+def detected_pose2d(clip: dict) -> Pose2D:
+    return Pose2D(clip["det_keypoints"], clip["det_scores"], tuple(int(v) for v in clip["image_size"]),
+                  float(clip["fps"]))
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+def method_outputs(model, pose2d: Pose2D) -> dict[str, np.ndarray]:
+    """Root-relative (T,17,3) metres for every method on one clip."""
+    from ..refine import refine_pose2d
+
+    res = refine_pose2d(pose2d, model)
+    dd = res.dd.joints.astype(np.float64)
+    out = {"dd": dd, "pp": res.pp.joints, "fused": res.fused.joints,
+           "dd+savgol": filters.savgol(dd, 7, 2), "dd+one_euro": filters.one_euro(dd, pose2d.fps, **ONE_EURO)}
+    return {k: np.asarray(v, np.float64) - np.asarray(v, np.float64)[:, :1] for k, v in out.items()}
+
+
+def _weighted(rows: list[tuple[int, dict]]) -> dict:
+    n = sum(w for w, _ in rows)
+    return {k: sum(w * r[k] for w, r in rows) / n for k in rows[0][1]}
+
+
+def evaluate(model, clips: list[dict], fps_list=BENCH_FPS) -> dict:
+    """{fps: {method: metrics (mm)}, ...} with a 'gt' entry per fps (bone_std, jitter of the ground truth)."""
+    result: dict = {}
+    for fps in fps_list:
+        per_method: dict[str, list] = {m: [] for m in METHODS}
+        gt_rows = []
+        for i, clip in enumerate(clips):
+            if int(round(float(clip["fps"]))) != fps:
+                continue
+            gt = clip["joints_cam"].astype(np.float64)
+            gt = gt - gt[:, :1]
+            outs = method_outputs(model, detected_pose2d(clip))
+            for m in METHODS:
+                per_method[m].append((len(gt), metrics.pose_metrics(outs[m], gt)))
+            gt_rows.append((len(gt), {"bone_std": metrics.bone_length_std(gt) * 1000,
+                                      "jitter": metrics.jitter(gt) * 1000}))
+        if not gt_rows:
+            continue
+        result[str(fps)] = {m: _weighted(rows) for m, rows in per_method.items()} | {"gt": _weighted(gt_rows)}
+        result[str(fps)]["clips"] = len(gt_rows)
+    return result
+
+
+def format_table(result: dict) -> str:
+    lines = []
+    for fps, rows in result.items():
+        lines.append(f"\n{fps} fps, {rows['clips']} clips (mm; MPJVE per frame, accel per frame², jitter per frame³)")
+        lines.append(f"{'method':<14}" + "".join(f"{f:>12}" for f in FIELDS))
+        for m in METHODS:
+            lines.append(f"{m:<14}" + "".join(f"{rows[m][f]:>12.2f}" for f in FIELDS))
+        g = rows["gt"]
+        lines.append(f"{'ground truth':<14}" + "".join(
+            f"{g[f]:>12.2f}" if f in g else f"{'':>12}" for f in FIELDS))
+    return "\n".join(lines)
+
+
+def targets(result: dict) -> dict:
+    """Issue 3's acceptance figures per fps: fused vs S_dd and vs the best filter, bone std, MPJPE."""
+    out = {}
+    for fps, rows in result.items():
+        best_filter = min(rows["dd+savgol"]["mpjpe"], rows["dd+one_euro"]["mpjpe"])
+        out[fps] = {"fused_over_dd": rows["fused"]["mpjpe"] / rows["dd"]["mpjpe"],
+                    "fused_over_best_filter": rows["fused"]["mpjpe"] / best_filter,
+                    "fused_bone_std_mm": rows["fused"]["bone_std"], "fused_mpjpe_mm": rows["fused"]["mpjpe"]}
+        t = out[fps]
+        t["pass"] = bool(t["fused_over_dd"] <= 0.80 and t["fused_over_best_filter"] <= 0.90
+                         and t["fused_bone_std_mm"] <= 10 and t["fused_mpjpe_mm"] <= 60)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m finephys_core.bench physics", description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", help="pose model .safetensors (default: the shipped default weights)")
+    ap.add_argument("--data", default=str(HELDOUT_PATH), help="held-out set .npz")
+    ap.add_argument("--max-clips", type=int, default=None, help="evaluate only the first N clips per fps")
+    ap.add_argument("--make-heldout", action="store_true", help="(re)generate the held-out set and exit")
+    ap.add_argument("--motions", type=int, default=24, help="with --make-heldout: number of motions")
+    args = ap.parse_args(argv)
+    if args.make_heldout:
+        t0 = time.time()
+        path = make_heldout(Path(args.data), args.motions)
+        print(json.dumps({"heldout": str(path), "motions": args.motions, "seconds": round(time.time() - t0, 1)}))
+        return 0
+
+    import torch
+
+    from ..pose_model import default_pose_model, load_pose_model
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t0 = time.time()
+    model = load_pose_model(args.weights) if args.weights else default_pose_model()
+    clips = load_heldout(Path(args.data))
+    if args.max_clips:
+        keep, seen = [], {}
+        for c in clips:
+            f = int(round(float(c["fps"])))
+            seen[f] = seen.get(f, 0) + 1
+            keep.append(c if seen[f] <= args.max_clips else None)
+        clips = [c for c in keep if c is not None]
+    result = evaluate(model, clips)
+    print(format_table(result))
+    tg = targets(result)
+    for fps, t in tg.items():
+        print(f"{fps} fps: fused/S_dd {t['fused_over_dd']:.3f} (≤ 0.80), fused/best filter "
+              f"{t['fused_over_best_filter']:.3f} (≤ 0.90), bone std {t['fused_bone_std_mm']:.1f} mm (≤ 10), "
+              f"MPJPE {t['fused_mpjpe_mm']:.1f} mm (≤ 60): {'PASS' if t['pass'] else 'FAIL'}")
+    print(json.dumps({"weights": args.weights or "default", "results": result, "targets": tg,
+                      "seconds": round(time.time() - t0, 1)}))
+    return 0

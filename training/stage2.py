@@ -1,0 +1,289 @@
+"""Stage 2: lifter + PhysNet trained jointly on 3D ground truth (paper eq. 19).
+
+    L3D = Σ_t Σ_j ‖Ŝ_tj − S_tj‖² + L_noise,    Ŝ = F(S_dd, S_pp) = fuse(S_dd, S_pp, w)
+
+Both sums are averaged over the frames of the batch (the paper's sums over t, divided by the window length
+and batch size, so the learning rate does not depend on them; the ratio of the two terms is the paper's).
+Options (config ``loss``), all 0 in the paper's setting:
+  ``dd``/``pp``: the same squared error on S_dd and on S_pp alone (keeps each branch a usable pose on its
+  own, so "fused vs S_dd" compares two real estimates, not two halves of one);
+  ``velocity``: squared error of frame differences of Ŝ (per dt², i.e. m/s).
+
+Data (config ``data``): a mixture of sources with weights; each item is a window of ``windows`` × the
+lifter window, its 2D re-viewed by a random camera and corrupted like a detector (training/corruption.py).
+The lifter lifts each lifter-window of the item, PhysNet sees the concatenation (it runs on whole clips at
+inference, so it trains on more than one lifter window). Prompts: the nearest pair of the prompt bank, as at
+inference; the bank and the mean prior (eq. 4) are computed from the training data before step 0.
+
+The result is a pose model file (``pose_model.save_pose_model``) in the run folder; evaluation on a
+held-out set (``eval.data``) at the end, written to ``eval.json``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import nn
+
+from finephys_core.camera import fuse
+from finephys_core.lifting import ICLLifter, LifterConfig
+from finephys_core.physics import PhysNet, PhysNetConfig
+from finephys_core.pose_model import (PoseModel, _prompt_features, build_prompt_bank, load_pose_model,
+                                      mean_prior_from_clips, save_pose_model)
+from finephys_core.skeleton import H36M17
+from training import common
+from training.corruption import CorruptionConfig
+
+DEFAULTS = {
+    "seed": 0, "max_steps": 2000, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "warmup": 100,
+    "grad_clip": 1.0, "ckpt_every": 200, "log_every": 20,
+    "windows": 2,                     # lifter windows per training item (PhysNet sees windows × W frames)
+    "pool_size": 0,                   # > 0: draw that many items once and reuse them (see build_pool)
+    "lifter": {}, "physnet": {},
+    "data": {"synth": {"path": "training/data/synth", "weight": 1.0}},
+    "corruption": {}, "severity": 1.0, "clean_fraction": 0.1, "flip_prob": 0.5,
+    "fuse_weight": 0.5,
+    "loss": {"fused": 1.0, "noise": 1.0, "dd": 0.0, "pp": 0.0, "velocity": 0.0},
+    "prompt_bank": 64, "prior_windows": 4000,
+    "init": None,                     # a pose model file to start from
+    "eval": {"data": None, "max_clips": 24},
+    "output": "pose_model.safetensors",
+    "stop_after": None,               # end after that many steps of this call (a simulated kill, for tests)
+}
+
+
+class PoseStack(nn.Module):
+    """Lifter + PhysNet as one module (one state dict for the checkpoints)."""
+
+    def __init__(self, lifter: ICLLifter, physnet: PhysNet):
+        super().__init__()
+        self.lifter, self.physnet = lifter, physnet
+
+    def forward(self, prompt_2d, prompt_3d, query_2d, prior, dt, windows: int):
+        """query_2d (B, n·W, 17, 3); prompts (B, W, 17, 3); prior (W, 17, 3); dt (B,) → (S_dd, PhysNetOutput)."""
+        B = query_2d.shape[0]
+        q = rearrange(query_2d, "b (n w) j c -> (b n) w j c", n=windows)
+        rep = lambda x: x.repeat_interleave(windows, 0)  # noqa: E731
+        s_dd = self.lifter(rep(prompt_2d), rep(prompt_3d), q, prior.expand(B * windows, -1, -1, -1))
+        s_dd = rearrange(s_dd, "(b n) w j c -> b (n w) j c", b=B)
+        return s_dd, self.physnet(s_dd, dt)
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+def build_dataset(data_cfg: dict, window: int, corruption: CorruptionConfig | None, severity: float, seed: int):
+    """ClipWindows over the configured sources; returns (dataset, per-item sampling weights)."""
+    from training import datasets as D
+
+    sources, weights = [], []
+    for name, spec in data_cfg.items():
+        if not spec or not spec.get("weight", 1.0):
+            continue
+        if name == "synth":
+            src = D.SynthSource(spec["path"])
+        elif name == "h36m":
+            src = D.H36MSource(spec["path_3d"], spec.get("path_2d"), tuple(spec.get("subjects",
+                               ("S1", "S5", "S6", "S7", "S8"))))
+        elif name == "amass":
+            src = D.AMASSSource(spec["path"])
+        elif name == "finegym":
+            src = D.FineGymSource(spec["path"])
+        else:
+            raise ValueError(f"unknown data source {name!r}; expected synth, h36m, amass or finegym")
+        sources.append(src)
+        weights.append(float(spec.get("weight", 1.0)))
+    if not sources:
+        raise ValueError("config 'data' names no source with a positive weight")
+    ds = D.ClipWindows(sources, window=window, corruption=corruption, severity=severity, seed=seed)
+    clip_source = np.cumsum([0] + [len(s.clips) for s in sources])
+    item_w = np.empty(len(ds))
+    for i, (ci, _, _) in enumerate(ds.index):
+        k = int(np.searchsorted(clip_source, ci, side="right") - 1)
+        item_w[i] = weights[k]
+    counts = np.bincount([int(np.searchsorted(clip_source, ci, side="right") - 1) for ci, _, _ in ds.index],
+                         minlength=len(sources))
+    for i, (ci, _, _) in enumerate(ds.index):  # each source's share = its weight, whatever its size
+        item_w[i] /= counts[int(np.searchsorted(clip_source, ci, side="right") - 1)]
+    return ds, item_w / item_w.sum()
+
+
+def draw_batch(ds, probs: np.ndarray, size: int, rng: np.random.Generator, step: int, idx=None) -> dict:
+    """A batch drawn with ``rng`` (or the given items); per-item randomness (camera, corruption) is keyed on
+    the step, so a resumed run draws the same batches."""
+    idx = rng.choice(len(ds), size=size, p=probs) if idx is None else idx
+    ds.set_epoch(step)
+    items = [ds[int(i)] for i in idx]
+    out = {}
+    for k in ("pose2d", "pose2d_clean", "pose3d", "valid"):
+        out[k] = torch.stack([it[k] for it in items])
+    out["dt"] = torch.tensor([it["dt"] for it in items], dtype=torch.float32)
+    out["has_3d"] = torch.tensor([it["has_3d"] for it in items])
+    return out
+
+
+POOL_KEYS = ("pose2d", "pose2d_clean", "pose3d", "valid", "dt", "has_3d")
+
+
+def build_pool(ds, probs: np.ndarray, size: int, seed: int, cache: Path | None = None) -> dict:
+    """``size`` items drawn once (deterministically) and reused by :func:`pool_batch`: on a CPU the camera
+    re-view and corruption of each item cost as much as a training step, so items are drawn once and reused
+    a few times (with fresh flips and clean/corrupted choices). Cached in ``cache`` for resumed runs."""
+    if cache is not None and cache.exists():
+        return torch.load(cache)
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng([seed, 0x9001])
+    idx = rng.choice(len(ds), size=size, p=probs)
+    chunks = []
+    for c in tqdm(range(0, size, 256), desc="data pool", unit="x256"):
+        chunks.append(draw_batch(ds, probs, 0, rng, 10 ** 6 + c, idx[c:c + 256]))
+    pool = {k: torch.cat([ch[k] for ch in chunks]) for k in POOL_KEYS}
+    if cache is not None:
+        common.atomic_torch_save(cache, pool)
+    return pool
+
+
+def pool_batch(pool: dict, size: int, rng: np.random.Generator) -> dict:
+    idx = torch.from_numpy(rng.integers(0, len(pool["dt"]), size))
+    return {k: v[idx] for k, v in pool.items()}
+
+
+def augment(batch: dict, rng: np.random.Generator, clean_fraction: float, flip_prob: float) -> dict:
+    """Mirror some items left↔right (x → −x and joints swapped) and give some the clean 2D."""
+    B = batch["pose2d"].shape[0]
+    clean = torch.from_numpy(rng.random(B) < clean_fraction)
+    batch["pose2d"] = torch.where(clean[:, None, None, None], batch["pose2d_clean"], batch["pose2d"])
+    flip = torch.from_numpy(rng.random(B) < flip_prob)[:, None, None, None]
+    perm = torch.from_numpy(H36M17.flip_index)
+    sign = torch.tensor([-1.0, 1.0, 1.0])
+    for k in ("pose2d", "pose2d_clean", "pose3d"):
+        batch[k] = torch.where(flip, batch[k][..., perm, :] * sign, batch[k])
+    return batch
+
+
+def nearest_prompts(bank_2d: torch.Tensor, bank_3d: torch.Tensor, query_2d: torch.Tensor):
+    """For each query (B, T, 17, 3) the nearest bank pair (as ``pose_model.choose_prompt``, batched)."""
+    d = torch.cdist(_prompt_features(query_2d), _prompt_features(bank_2d))
+    idx = d.argmin(-1)
+    return bank_2d[idx], bank_3d[idx]
+
+
+def prompt_bank_and_prior(ds, probs, size: int, n_windows: int, window: int, seed: int):
+    """Eq. 4 mean prior and a prompt bank from clean training windows (2D = clean projection, score 1)."""
+    rng = np.random.default_rng([seed, 0xBA7C])
+    idx = rng.choice(len(ds), size=min(n_windows, len(ds)), replace=False, p=probs)
+    ds.set_epoch(10 ** 9)   # an epoch no training step uses
+    c2, c3 = [], []
+    for i in idx:
+        it = ds[int(i)]
+        if it["has_3d"]:
+            c2.append(it["pose2d_clean"][:window])
+            c3.append(it["pose3d"][:window])
+    c2, c3 = torch.stack(c2), torch.stack(c3)
+    bank_2d, bank_3d = build_prompt_bank(c2, c3, size)
+    return bank_2d, bank_3d, mean_prior_from_clips(c3)
+
+
+# ------------------------------------------------------------------------------------------------ losses
+
+def losses(stack: PoseStack, batch: dict, bank, prior, cfg: dict, windows: int) -> dict[str, torch.Tensor]:
+    p2d, p3d = nearest_prompts(bank[0], bank[1], batch["pose2d"])
+    s_dd, out = stack(p2d, p3d, batch["pose2d"], prior, batch["dt"], windows)
+    fused = fuse(s_dd, out.s_pp, cfg["fuse_weight"])
+    gt = batch["pose3d"]
+    mask = (batch["valid"] & batch["has_3d"][:, None]).float()          # (B, T)
+    frames = mask.sum().clamp_min(1.0)
+
+    def sq(x):  # Σ_j ‖x − S‖² averaged over valid frames
+        return (((x - gt) ** 2).sum((-1, -2)) * mask).sum() / frames
+    w = cfg["loss"]
+    parts = {"l3d": sq(fused), "noise": out.noise_loss / fused.shape[1]}
+    loss = w["fused"] * parts["l3d"] + w["noise"] * parts["noise"]
+    if w.get("dd"):
+        parts["dd"] = sq(s_dd)
+        loss = loss + w["dd"] * parts["dd"]
+    if w.get("pp"):
+        parts["pp"] = sq(out.s_pp)
+        loss = loss + w["pp"] * parts["pp"]
+    if w.get("velocity"):
+        dt = batch["dt"][:, None, None, None]
+        vm = mask[:, 1:] * mask[:, :-1]
+        dv = (fused.diff(dim=1) - gt.diff(dim=1)) / dt
+        parts["velocity"] = ((dv ** 2).sum((-1, -2)) * vm).sum() / vm.sum().clamp_min(1.0)
+        loss = loss + w["velocity"] * parts["velocity"]
+    with torch.no_grad():
+        parts["mpjpe_mm"] = 1000 * ((fused - gt).norm(dim=-1).mean(-1) * mask).sum() / frames
+        parts["mpjpe_dd_mm"] = 1000 * ((s_dd - gt).norm(dim=-1).mean(-1) * mask).sum() / frames
+    return {"loss": loss, **parts}
+
+
+# ------------------------------------------------------------------------------------------------- stage
+
+def build_models(cfg: dict) -> tuple[ICLLifter, PhysNet]:
+    if cfg.get("init"):
+        m = load_pose_model(cfg["init"])
+        return m.lifter, m.physnet
+    return ICLLifter(LifterConfig.from_dict(cfg["lifter"])), PhysNet(PhysNetConfig.from_dict(cfg["physnet"]))
+
+
+def evaluate_model(model: PoseModel, data_path, max_clips: int | None) -> dict:
+    """Held-out figures (finephys_core.bench.physics) on a synthetic shard folder or a bench .npz."""
+    from finephys_core.bench import physics as bench
+
+    path = Path(data_path)
+    clips = bench.load_heldout(path)[:max_clips] if path.suffix == ".npz" else bench.clips_from_shards(path, max_clips)
+    fps_list = sorted({int(round(float(c["fps"]))) for c in clips})
+    result = bench.evaluate(model, clips, fps_list)
+    return {"results": result, "targets": bench.targets(result)}
+
+
+def run(config: dict, args) -> dict:
+    cfg = common.merge_config(DEFAULTS, config)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=1))
+    t0 = time.time()
+    common.seed_everything(cfg["seed"])          # model initialisation
+    lifter, physnet = build_models(cfg)
+    W, n = lifter.config.window, int(cfg["windows"])
+    corruption = CorruptionConfig(**cfg["corruption"]) if cfg["corruption"] is not None else None
+    ds, probs = build_dataset(cfg["data"], W * n, corruption, cfg["severity"], cfg["seed"])
+    bank_2d, bank_3d, prior = prompt_bank_and_prior(ds, probs, cfg["prompt_bank"], cfg["prior_windows"], W,
+                                                    cfg["seed"])
+    pool = None
+    if cfg["pool_size"]:
+        cache = out_dir / f"pool-{cfg['pool_size']}-{cfg['seed']}.pt"
+        pool = build_pool(ds, probs, int(cfg["pool_size"]), cfg["seed"], cache)
+    stack = PoseStack(lifter, physnet)
+    opt = torch.optim.AdamW(stack.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+    def step_fn(step: int, ctx: common.TrainContext):
+        batch = (pool_batch(pool, cfg["batch_size"], ctx.rng) if pool is not None
+                 else draw_batch(ds, probs, cfg["batch_size"], ctx.rng, step))
+        batch = augment(batch, ctx.rng, cfg["clean_fraction"], cfg["flip_prob"])
+        batch = {k: v.to(ctx.device) for k, v in batch.items()}
+        return losses(ctx.extra["model"], batch, (bank_2d.to(ctx.device), bank_3d.to(ctx.device)),
+                      prior.to(ctx.device), cfg, n)
+
+    ctx = common.train_loop(stack, opt, step_fn, out_dir=out_dir, max_steps=int(cfg["max_steps"]), seed=cfg["seed"],
+                      resume=args.resume, scheduler_fn=common.cosine_schedule(cfg["warmup"], cfg["max_steps"]),
+                      grad_clip=cfg["grad_clip"], ckpt_every=cfg["ckpt_every"], log_every=cfg["log_every"],
+                      meta={"stage": 2}, desc="stage 2", stop_after=cfg["stop_after"])
+    if cfg["stop_after"]:
+        return {"stopped_at": ctx.extra["step"]}
+    train_s = time.time() - t0
+    model = PoseModel(lifter, physnet, bank_2d, bank_3d, prior,
+                      {"trained": True, "stage": 2, "steps": int(cfg["max_steps"]), "config": cfg,
+                       "train_seconds": round(train_s, 1)}).eval()
+    path = save_pose_model(model, out_dir / cfg["output"])
+    report = {"weights": str(path), "train_seconds": round(train_s, 1)}
+    if cfg["eval"].get("data"):
+        report["eval"] = evaluate_model(model, cfg["eval"]["data"], cfg["eval"].get("max_clips"))
+        common.atomic_write_bytes(out_dir / "eval.json", json.dumps(report, indent=1).encode())
+    print(json.dumps({k: v for k, v in report.items() if k != "eval"} |
+                     {"targets": report.get("eval", {}).get("targets")}))
+    return report
