@@ -16,6 +16,8 @@ from comfyui_harness import UI_ONLY_VALUES, ui_to_api  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+# COMBO widgets listing the user's files (input folder, model folders): a workflow may name any file there.
+FOLDER_COMBOS = {"pose_file", "checkpoint", "motion_module", "lora", "encoder"}
 
 # ComfyUI core nodes the example workflows may use (v0.3.64, frontend 1.27): the names of the values the frontend
 # saves in widgets_values (UI-only ones included), socket inputs (name → type), output types, output node?
@@ -83,7 +85,7 @@ def node_info(node_type: str):
 def check_widget_value(where: str, name: str, spec, value) -> None:
     kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
     if isinstance(kind, (list, tuple)):
-        if name != "pose_file":  # the input folder's files: any name may be saved
+        if name not in FOLDER_COMBOS:
             assert value in kind, f"{where}: {name}={value!r} is not one of {list(kind)}"
     elif kind in ("INT", "FLOAT"):
         assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {name}={value!r}"
