@@ -13,6 +13,7 @@ Uses only the standard library; binds 127.0.0.1 on a free port; never reaches an
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import signal
@@ -232,7 +233,6 @@ def chromium_frontend(chromium: str, url: str, workflows: dict, work: Path, time
                     await asyncio.sleep(1.0)
                     shot = await call("Page.captureScreenshot", format="png")
                     path = work / f"{name}.png"
-                    import base64
                     path.write_bytes(base64.b64decode(shot["data"]))
                     out[name]["screenshot"] = str(path)
                 return out

@@ -254,6 +254,13 @@ def test_pose_nodes_name_the_empty_input(classes, pose_model):
         classes["FinePhysPhysNetRefine"]().run(h36m_pose2d(3), pose_model, 1)
 
 
+@needs_pose_model
+def test_lift_rejects_pose_with_nobody(classes, pose_model):
+    empty = Pose2D(np.zeros((4, 17, 2), np.float32), np.zeros((4, 17), np.float32), (320, 240))
+    with pytest.raises(PoseError, match="no person detected"):
+        classes["FinePhysLiftICL3D"]().run(empty, pose_model)
+
+
 def test_require_names_input(mods):
     require = mods["pose"].require
     p = h36m_pose2d(2)
