@@ -91,6 +91,9 @@ def test_generate_dataset_shards(tmp_path):
         # three views of one motion share the world motion but not the camera
         np.testing.assert_array_equal(z["seed"][:3], z["seed"][0])
         assert not np.allclose(z["R"][0], z["R"][1])
+    stats = synth.summarize(tmp_path)
+    assert stats["clips"] == 6 and 0.2 < stats["flight_fraction"] < 0.9
+    assert stats["limb_length_std_m_max"] < 1e-4 and stats["flight_com_acc_error_m_s2_median_p99_max"][0] < 0.05
 
 
 # ----------------------------------------------------------------------------- corruption

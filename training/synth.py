@@ -74,7 +74,7 @@ CAMERA_SETS = {"train": CameraConfig(), "heldout": HELDOUT_CAMERAS}
 
 @dataclass
 class SynthConfig:
-    timestep: float = 1.0 / 2400   # implicitfast; flight is exact at any step, 2.4 kHz keeps contacts stable
+    timestep: float = 1.0 / 2400   # implicitfast; in flight the COM error vs g scales with it (see summarize)
     max_duration: float = 2.4
     camera: CameraConfig = field(default_factory=CameraConfig)
 
@@ -592,18 +592,19 @@ def stack_clips(clips: list[dict]) -> dict:
 
 
 def _motion_task(args) -> list[dict]:
-    seed, views, camera_set = args
-    return motion_views(seed, views, SynthConfig(camera=CAMERA_SETS[camera_set]))
+    seed, views, camera_set, timestep_hz = args
+    return motion_views(seed, views, SynthConfig(timestep=1.0 / timestep_hz, camera=CAMERA_SETS[camera_set]))
 
 
 def generate_dataset(out_dir, num_motions: int, views_per_motion: int, seed: int, workers: int = 2,
-                     progress: bool = True, motions_per_shard: int = 20, camera_set: str = "train") -> dict:
+                     progress: bool = True, motions_per_shard: int = 20, camera_set: str = "train",
+                     timestep_hz: int = 2400) -> dict:
     """Simulate ``num_motions`` motions (seeds ``seed*1_000_003 + i``), each seen by ``views_per_motion``
     cameras, in worker processes; write ``shard_XXXXX.npz`` files and ``meta.json`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = [seed * 1_000_003 + i for i in range(num_motions)]
-    tasks = [(s, views_per_motion, camera_set) for s in seeds]
+    tasks = [(s, views_per_motion, camera_set, timestep_hz) for s in seeds]
     t0 = time.time()
     bar = None
     if progress:
@@ -641,10 +642,40 @@ def generate_dataset(out_dir, num_motions: int, views_per_motion: int, seed: int
         bar.close()
     meta = {"num_motions": num_motions, "views_per_motion": views_per_motion, "seed": seed,
             "camera_set": camera_set, "classes": list(CLASSES), "motions_per_class": counts, "shards": shards,
-            "record_hz": RECORD_HZ, "seconds": round(time.time() - t0, 1),
+            "record_hz": RECORD_HZ, "timestep_hz": timestep_hz, "seconds": round(time.time() - t0, 1),
             "contact_parts": list(CONTACT_PARTS), "joints": "h36m17"}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
+
+
+def summarize(out_dir) -> dict:
+    """Figures about a generated set: sizes, flight fraction, joint speeds, and the physics checks in flight
+    (COM acceleration against g from second differences, limb-length spread)."""
+    from finephys_core.skeleton import H36M17, bone_lengths
+    rigid = [i for i, (_, c) in enumerate(H36M17.bones) if c in (1, 2, 3, 4, 5, 6, 10, 12, 13, 15, 16)]
+    frames = flight = 0
+    speeds, acc_err, limb_std, lengths = [], [], [], []
+    for path in sorted(Path(out_dir).glob("shard_*.npz")):
+        with np.load(path) as z:
+            d = {k: z[k] for k in ("joints_world", "com_world", "flight", "num_frames", "fps")}
+        for i, T in enumerate(d["num_frames"]):
+            jw, com, fl = (d[k][i, :T].astype(np.float64) for k in ("joints_world", "com_world", "flight"))
+            fl, dt = fl.astype(bool), 1.0 / float(d["fps"][i])
+            frames, flight = frames + int(T), flight + int(fl.sum())
+            lengths.append(T * dt)
+            speeds.append(np.linalg.norm(np.diff(jw, axis=0), axis=-1).max(0) / dt)
+            ok = fl[2:] & fl[1:-1] & fl[:-2]
+            if ok.any():
+                acc_err.append(np.abs((com[2:] - 2 * com[1:-1] + com[:-2])[ok] / dt ** 2 - [0, 0, -G]).max(-1))
+            limb_std.append(bone_lengths(jw)[:, rigid].std(0).max())
+    speeds, acc_err = np.stack(speeds), np.concatenate(acc_err)
+    pct = lambda a, q: [round(float(v), 4) for v in np.percentile(a, q)]  # noqa: E731
+    return {"clips": len(lengths), "frames": frames, "flight_fraction": round(flight / frames, 3),
+            "clip_seconds_min_median_max": pct(lengths, [0, 50, 100]),
+            "peak_joint_speed_m_s_p5_p50_p95": pct(speeds.max(1), [5, 50, 95]),
+            "peak_wrist_ankle_speed_m_s_max": round(float(speeds[:, [3, 6, 13, 16]].max()), 2),
+            "flight_com_acc_error_m_s2_median_p99_max": pct(acc_err, [50, 99, 100]),
+            "limb_length_std_m_max": float(np.max(limb_std))}
 
 
 def main(argv=None) -> int:
@@ -656,9 +687,14 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--per-shard", type=int, default=20, help="motions per shard file")
     ap.add_argument("--cameras", choices=sorted(CAMERA_SETS), default="train")
+    ap.add_argument("--timestep-hz", type=int, default=2400, help="simulation rate (a multiple of 1200)")
+    ap.add_argument("--stats", action="store_true", help="only print summarize() of an existing --out")
     args = ap.parse_args(argv)
+    if args.stats:
+        print(json.dumps(summarize(args.out)))
+        return 0
     meta = generate_dataset(args.out, args.motions, args.views, args.seed, args.workers,
-                            motions_per_shard=args.per_shard, camera_set=args.cameras)
+                            motions_per_shard=args.per_shard, camera_set=args.cameras, timestep_hz=args.timestep_hz)
     print(json.dumps(meta))
     return 0
 
