@@ -8,6 +8,7 @@ No text encoder: prompts arrive as ComfyUI CONDITIONING tensors.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -285,7 +286,9 @@ def random_pipeline(config_dir: str | Path = TINY_CONFIG_DIR, version: str = "v2
     torch.manual_seed(seed)
     config_dir, device = Path(config_dir), torch.device(device)
     unet_config = read_json(config_dir / "unet" / "config.json")
-    with device:  # initialise on the target device (real size on a GPU takes seconds, not minutes)
+    # initialise on the target device (real size on a GPU takes seconds, not minutes); on a CPU the device
+    # context would only add overhead to every tensor creation
+    with device if device.type != "cpu" else contextlib.nullcontext():
         unet_state = UNet2DConditionModel.from_config(unet_config).state_dict()
         motion_config = motion_adapter_config(version, unet_config)
         unet = motion_unet_from_states(unet_config, unet_state, motion_config, None, device, dtype)
