@@ -180,6 +180,15 @@ def test_stage2_and_stage3_smoke(tmp_path, shard_dir):
     assert set(report["eval"]["targets"]) == {"25", "50"}
     assert np.isfinite(report["eval"]["results"]["25"]["fused"]["mpjpe"])
 
+    cfg2b = _cfg(tmp_path, "s2b.json", data=data, max_steps=2, pool_size=4, init=report["weights"],
+                 train="physnet", fresh_physnet=True, physnet={**TINY["physnet"], "mass_matrix": "psd"},
+                 eval={"data": None})
+    alt = load_pose_model(run_stage_main(["--stage", "2", "--config", str(cfg2b), "--out",
+                                          str(tmp_path / "s2b")])["weights"])
+    assert alt.physnet.config.mass_matrix == "psd"                 # a PhysNet variant on the trained lifter
+    assert all(torch.equal(a, b) for a, b in zip(model.lifter.parameters(), alt.lifter.parameters()))
+    assert torch.equal(alt.mean_prior, model.mean_prior)
+
     cfg3 = _cfg(tmp_path, "s3.json", data=data, max_steps=2, pool_size=4, init=report["weights"],
                 eval={"data": None})
     report3 = run_stage_main(["--stage", "3", "--config", str(cfg3), "--out", str(tmp_path / "s3")])

@@ -50,6 +50,8 @@ DEFAULTS = {
     "loss": {"fused": 1.0, "noise": 1.0, "dd": 0.0, "pp": 0.0, "velocity": 0.0},
     "prompt_bank": 64, "prior_windows": 4000,
     "init": None,                     # a pose model file to start from
+    "train": "all",                   # "all": lifter + PhysNet; "physnet": lifter frozen (needs init)
+    "fresh_physnet": False,           # with init: a new PhysNet built from the "physnet" config
     "eval": {"data": None, "max_clips": 24},
     "output": "pose_model.safetensors",
     "stop_after": None,               # end after that many steps of this call (a simulated kill, for tests)
@@ -191,8 +193,13 @@ def prompt_bank_and_prior(ds, probs, size: int, n_windows: int, window: int, see
 # ------------------------------------------------------------------------------------------------ losses
 
 def losses(stack: PoseStack, batch: dict, bank, prior, cfg: dict, windows: int) -> dict[str, torch.Tensor]:
-    p2d, p3d = nearest_prompts(bank[0], bank[1], batch["pose2d"])
-    s_dd, out = stack(p2d, p3d, batch["pose2d"], prior, batch["dt"], windows)
+    """Eq. 19 (+ the configured options) on a batch; with ``s_dd`` in the batch the lifter is skipped."""
+    if "s_dd" in batch:
+        s_dd = batch["s_dd"]
+        out = stack.physnet(s_dd, batch["dt"])
+    else:
+        p2d, p3d = nearest_prompts(bank[0], bank[1], batch["pose2d"])
+        s_dd, out = stack(p2d, p3d, batch["pose2d"], prior, batch["dt"], windows)
     fused = fuse(s_dd, out.s_pp, cfg["fuse_weight"])
     gt = batch["pose3d"]
     mask = (batch["valid"] & batch["has_3d"][:, None]).float()          # (B, T)
@@ -221,13 +228,34 @@ def losses(stack: PoseStack, batch: dict, bank, prior, cfg: dict, windows: int) 
     return {"loss": loss, **parts}
 
 
+def lift_pool(model: PoseModel, pool: dict, windows: int, batch: int = 64) -> torch.Tensor:
+    """S_dd (N, n·W, 17, 3) of every pool item with a frozen lifter (nearest prompts, as at inference)."""
+    out = []
+    stack = PoseStack(model.lifter, model.physnet).eval()
+    with torch.no_grad():
+        for c in range(0, len(pool["dt"]), batch):
+            q = pool["pose2d"][c:c + batch]
+            p2d, p3d = nearest_prompts(model.prompt_2d, model.prompt_3d, q)
+            B = q.shape[0]
+            rep = lambda x: x.repeat_interleave(windows, 0)  # noqa: E731
+            s = stack.lifter(rep(p2d), rep(p3d), rearrange(q, "b (n w) j c -> (b n) w j c", n=windows),
+                             model.mean_prior.expand(B * windows, -1, -1, -1))
+            out.append(rearrange(s, "(b n) w j c -> b (n w) j c", b=B))
+    return torch.cat(out)
+
+
 # ------------------------------------------------------------------------------------------------- stage
 
-def build_models(cfg: dict) -> tuple[ICLLifter, PhysNet]:
+def build_models(cfg: dict) -> tuple[ICLLifter, PhysNet, PoseModel | None]:
+    """From ``init`` (a pose model; ``fresh_physnet`` replaces its PhysNet by a new one of config
+    ``physnet``) or new from the ``lifter`` and ``physnet`` configs."""
     if cfg.get("init"):
         m = load_pose_model(cfg["init"])
-        return m.lifter, m.physnet
-    return ICLLifter(LifterConfig.from_dict(cfg["lifter"])), PhysNet(PhysNetConfig.from_dict(cfg["physnet"]))
+        physnet = PhysNet(PhysNetConfig.from_dict(cfg["physnet"])) if cfg.get("fresh_physnet") else m.physnet
+        return m.lifter, physnet, m
+    if cfg["train"] != "all":
+        raise ValueError("train='physnet' needs init=<a trained pose model> for its lifter")
+    return ICLLifter(LifterConfig.from_dict(cfg["lifter"])), PhysNet(PhysNetConfig.from_dict(cfg["physnet"])), None
 
 
 def evaluate_model(model: PoseModel, data_path, max_clips: int | None) -> dict:
@@ -248,23 +276,36 @@ def run(config: dict, args) -> dict:
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=1))
     t0 = time.time()
     common.seed_everything(cfg["seed"])          # model initialisation
-    lifter, physnet = build_models(cfg)
+    lifter, physnet, init = build_models(cfg)
     W, n = lifter.config.window, int(cfg["windows"])
     corruption = CorruptionConfig(**cfg["corruption"]) if cfg["corruption"] is not None else None
     ds, probs = build_dataset(cfg["data"], W * n, corruption, cfg["severity"], cfg["seed"])
-    bank_2d, bank_3d, prior = prompt_bank_and_prior(ds, probs, cfg["prompt_bank"], cfg["prior_windows"], W,
-                                                    cfg["seed"])
+    if init is not None:  # the lifter was trained with these prompts and prior: keep them
+        bank_2d, bank_3d, prior = init.prompt_2d, init.prompt_3d, init.mean_prior
+    else:
+        bank_2d, bank_3d, prior = prompt_bank_and_prior(ds, probs, cfg["prompt_bank"], cfg["prior_windows"], W,
+                                                        cfg["seed"])
     pool = None
     if cfg["pool_size"]:
         cache = out_dir / f"pool-{cfg['pool_size']}-{cfg['seed']}.pt"
         pool = build_pool(ds, probs, int(cfg["pool_size"]), cfg["seed"], cache)
     stack = PoseStack(lifter, physnet)
-    opt = torch.optim.AdamW(stack.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    params = stack.parameters()
+    if cfg["train"] == "physnet":  # frozen lifter: S_dd computed once per pool item
+        if pool is None:
+            raise ValueError("train='physnet' needs pool_size > 0 (S_dd is cached per pool item)")
+        for p in lifter.parameters():
+            p.requires_grad_(False)
+        params = physnet.parameters()
+        if "s_dd" not in pool:
+            pool["s_dd"] = lift_pool(PoseModel(lifter, physnet, bank_2d, bank_3d, prior), pool, n)
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
 
     def step_fn(step: int, ctx: common.TrainContext):
         batch = (pool_batch(pool, cfg["batch_size"], ctx.rng) if pool is not None
                  else draw_batch(ds, probs, cfg["batch_size"], ctx.rng, step))
-        batch = augment(batch, ctx.rng, cfg["clean_fraction"], cfg["flip_prob"])
+        if "s_dd" not in batch:
+            batch = augment(batch, ctx.rng, cfg["clean_fraction"], cfg["flip_prob"])
         batch = {k: v.to(ctx.device) for k, v in batch.items()}
         return losses(ctx.extra["model"], batch, (bank_2d.to(ctx.device), bank_3d.to(ctx.device)),
                       prior.to(ctx.device), cfg, n)
@@ -279,6 +320,8 @@ def run(config: dict, args) -> dict:
     model = PoseModel(lifter, physnet, bank_2d, bank_3d, prior,
                       {"trained": True, "stage": 2, "steps": int(cfg["max_steps"]), "config": cfg,
                        "train_seconds": round(train_s, 1)}).eval()
+    for p in lifter.parameters():
+        p.requires_grad_(True)
     path = save_pose_model(model, out_dir / cfg["output"])
     report = {"weights": str(path), "train_seconds": round(train_s, 1)}
     if cfg["eval"].get("data"):

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from einops import rearrange
 
 from finephys_core.camera import fit_camera, fuse, project
 from finephys_core.pose_model import load_pose_model, save_pose_model
@@ -38,21 +37,6 @@ DEFAULTS = {
     "output": "pose_model.safetensors",
     "stop_after": None,               # end after that many steps of this call (a simulated kill, for tests)
 }
-
-
-def lift_pool(model, pool: dict, windows: int, batch: int = 64) -> torch.Tensor:
-    """S_dd (N, n·W, 17, 3) of every pool item with the frozen lifter (nearest prompts, as at inference)."""
-    W = model.window
-    out = []
-    with torch.no_grad():
-        for c in range(0, len(pool["dt"]), batch):
-            q = pool["pose2d"][c:c + batch]
-            p2d, p3d = stage2.nearest_prompts(model.prompt_2d, model.prompt_3d, q)
-            qw = rearrange(q, "b (n w) j c -> (b n) w j c", n=windows)
-            rep = lambda x: x.repeat_interleave(windows, 0)  # noqa: E731
-            s = model.lifter(rep(p2d), rep(p3d), qw, model.mean_prior.expand(len(qw), W, -1, -1))
-            out.append(rearrange(s, "(b n) w j c -> b (n w) j c", n=windows))
-    return torch.cat(out)
 
 
 def _rms_radius(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -101,7 +85,7 @@ def run(config: dict, args) -> dict:
     cache = out_dir / f"pool-{cfg['pool_size']}-{cfg['seed']}.pt"
     pool = stage2.build_pool(ds, probs, int(cfg["pool_size"]), cfg["seed"], cache)
     if "s_dd" not in pool:
-        pool["s_dd"] = lift_pool(model, pool, n)
+        pool["s_dd"] = stage2.lift_pool(model, pool, n)
         common.atomic_torch_save(cache, pool)
     opt = torch.optim.AdamW(physnet.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
 

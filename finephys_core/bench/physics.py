@@ -147,6 +147,30 @@ def evaluate(model, clips: list[dict], fps_list=BENCH_FPS) -> dict:
     return result
 
 
+def tune_one_euro(model, clips: list[dict], min_cutoffs=(0.25, 0.5, 1.0, 2.0, 4.0),
+                  betas=(0.0, 0.1, 0.3, 1.0, 3.0)) -> dict:
+    """Grid-search the one-euro parameters for the lowest MPJPE of S_dd + one-euro on ``clips`` (use
+    training-side validation clips, never the held-out set). Returns {min_cutoff, beta, mpjpe}."""
+    from ..refine import lift_pose
+
+    lifted = []
+    for clip in clips:
+        gt = clip["joints_cam"].astype(np.float64)
+        pose = detected_pose2d(clip)
+        lifted.append((lift_pose(pose, model).joints.astype(np.float64), gt - gt[:, :1], pose.fps))
+    best = None
+    for mc in min_cutoffs:
+        for beta in betas:
+            rows = []
+            for dd, gt, fps in lifted:
+                sm = filters.one_euro(dd, fps, min_cutoff=mc, beta=beta, d_cutoff=1.0)
+                rows.append((len(gt), metrics.mpjpe(sm - sm[:, :1], gt) * 1000))
+            err = sum(w * e for w, e in rows) / sum(w for w, _ in rows)
+            if best is None or err < best["mpjpe"]:
+                best = {"min_cutoff": mc, "beta": beta, "mpjpe": err}
+    return best
+
+
 def format_table(result: dict) -> str:
     lines = []
     for fps, rows in result.items():
@@ -181,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-clips", type=int, default=None, help="evaluate only the first N clips per fps")
     ap.add_argument("--make-heldout", action="store_true", help="(re)generate the held-out set and exit")
     ap.add_argument("--motions", type=int, default=24, help="with --make-heldout: number of motions")
+    ap.add_argument("--tune-one-euro", metavar="SHARDS",
+                    help="grid-search the one-euro parameters on a synthetic shard folder (validation) and exit")
     args = ap.parse_args(argv)
     if args.make_heldout:
         t0 = time.time()
@@ -195,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
     model = load_pose_model(args.weights) if args.weights else default_pose_model()
+    if args.tune_one_euro:
+        best = tune_one_euro(model, clips_from_shards(args.tune_one_euro, args.max_clips))
+        print(json.dumps({"one_euro": best}))
+        return 0
     clips = load_heldout(Path(args.data))
     if args.max_clips:
         keep, seen = [], {}
