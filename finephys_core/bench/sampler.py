@@ -3,7 +3,8 @@ AnimateDiffPipeline on the same UNet, VAE, seed and text embeddings, in one proc
 
 ``--tiny``: tiny random-weight models from ``configs/tiny`` (CPU, seconds per run). Without it: real SD1.5 +
 AnimateDiff v2 sizes from ``configs/sd15`` with random weights — a GPU job (hours on a CPU).
-Runs are interleaved (plain, ours unguided, ours guided) ``--repeats`` times; medians are reported.
+Runs are interleaved (plain, ours unguided, ours guided) ``--repeats`` times; medians are reported. On a CPU
+the ratios use the process's CPU time (robust on a shared machine); on a GPU, wall time after a sync.
 """
 from __future__ import annotations
 
@@ -81,15 +82,17 @@ def run_ours(pipe, pos, neg, guidance, args):
 
 
 def timed(fn, device):
+    """(output, wall seconds, CPU seconds of this process, peak MB). On a shared CPU the CPU seconds are the
+    fair measure (other processes stretch wall time at random); on a GPU the wall time after a sync is."""
     with PeakMemory(device) as mem:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         out = fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-    return out, seconds, mem.peak_mb
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return out, seconds, cpu_seconds, mem.peak_mb
 
 
 def parse_args(argv):
@@ -98,7 +101,7 @@ def parse_args(argv):
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--cfg", type=float, default=7.5)
-    p.add_argument("--size", type=int, default=None, help="square size in px (default 128 tiny, 384 real)")
+    p.add_argument("--size", type=int, default=None, help="square size in px (default 64 tiny, 384 real)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--decode-chunk", type=int, default=8)
@@ -110,7 +113,7 @@ def parse_args(argv):
     args = p.parse_args(argv)
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     args.dtype = args.dtype or ("fp16" if args.device.type == "cuda" else "fp32")
-    args.size = args.size or (128 if args.tiny else 384)
+    args.size = args.size or (64 if args.tiny else 384)
     return args
 
 
@@ -140,28 +143,42 @@ def main(argv: list[str] | None = None) -> int:
                 "ours_guided": lambda: run_ours(pipe, pos, neg, guidance, args)}
 
     times = {k: [] for k in variants}
+    cpu_times = {k: [] for k in variants}
     peaks = {k: 0.0 for k in variants}
     outputs = {}
-    timed(variants["ours_unguided"], args.device) if args.device.type == "cuda" else None  # warm-up
+    if args.device.type == "cuda":
+        timed(variants["ours_unguided"], args.device)  # warm-up (kernels, allocator)
     for r in range(args.repeats):
         for name, fn in variants.items():
-            outputs[name], seconds, peak = timed(fn, args.device)
+            outputs[name], seconds, cpu_seconds, peak = timed(fn, args.device)
             times[name].append(seconds)
+            cpu_times[name].append(cpu_seconds)
             peaks[name] = max(peaks[name], peak)
-            print(f"repeat {r + 1}/{args.repeats} {name:14s} {seconds:8.2f} s  peak {peak:9.1f} MB", flush=True)
+            print(f"repeat {r + 1}/{args.repeats} {name:14s} wall {seconds:8.2f} s  cpu {cpu_seconds:8.2f} s  "
+                  f"peak {peak:9.1f} MB", flush=True)
 
     med = {k: statistics.median(v) for k, v in times.items()}
+    cpu_med = {k: statistics.median(v) for k, v in cpu_times.items()}
+    basis = cpu_med if args.device.type == "cpu" else med
     same = torch.equal(outputs["plain"].cpu(), outputs["ours_unguided"].cpu())
     diff = (outputs["ours_guided"] - outputs["ours_unguided"]).abs().max().item()
-    print(f"{args.frames} frames {args.size}² {args.steps} steps cfg {args.cfg}: median plain {med['plain']:.2f} s, "
-          f"ours unguided {med['ours_unguided']:.2f} s, ours guided {med['ours_guided']:.2f} s")
+    print(f"{args.frames} frames {args.size}² {args.steps} steps cfg {args.cfg}, medians of {args.repeats}: "
+          f"wall plain {med['plain']:.2f} s, ours unguided {med['ours_unguided']:.2f} s, ours guided "
+          f"{med['ours_guided']:.2f} s; cpu plain {cpu_med['plain']:.2f} s, ours unguided "
+          f"{cpu_med['ours_unguided']:.2f} s, ours guided {cpu_med['ours_guided']:.2f} s")
+    print(f"ratios from {'CPU' if basis is cpu_med else 'wall'} time: guided/plain "
+          f"{basis['ours_guided'] / basis['plain']:.4f}, unguided/plain {basis['ours_unguided'] / basis['plain']:.4f}")
     print(f"unguided frames identical to AnimateDiffPipeline: {same}; guidance changes frames by up to {diff:.4f}")
     result = {"bench": "sampler", "tiny": args.tiny, "device": str(args.device), "dtype": args.dtype,
               "frames": args.frames, "size": args.size, "steps": args.steps, "cfg": args.cfg,
-              "repeats": args.repeats, "threads": torch.get_num_threads(), "seconds_plain": round(med["plain"], 3),
-              "seconds_unguided": round(med["ours_unguided"], 3), "seconds_guided": round(med["ours_guided"], 3),
-              "overhead_ratio": round(med["ours_guided"] / med["plain"], 4),
-              "overhead_ratio_unguided": round(med["ours_unguided"] / med["plain"], 4),
+              "repeats": args.repeats, "threads": torch.get_num_threads(),
+              "timing_basis": "cpu_time" if basis is cpu_med else "wall_time",
+              "seconds_plain": round(med["plain"], 3), "seconds_unguided": round(med["ours_unguided"], 3),
+              "seconds_guided": round(med["ours_guided"], 3),
+              "cpu_seconds_plain": round(cpu_med["plain"], 3), "cpu_seconds_unguided": round(cpu_med["ours_unguided"], 3),
+              "cpu_seconds_guided": round(cpu_med["ours_guided"], 3),
+              "overhead_ratio": round(basis["ours_guided"] / basis["plain"], 4),
+              "overhead_ratio_unguided": round(basis["ours_unguided"] / basis["plain"], 4),
               "peak_mem_mb": round(max(peaks.values()), 1),
               "peak_mem_mb_by_variant": {k: round(v, 1) for k, v in peaks.items()},
               "unguided_identical_to_plain": same}
