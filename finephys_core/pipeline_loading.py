@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import lora as lora_lib
-
-log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SD15_CONFIG_DIR = CONFIG_DIR / "sd15"

@@ -194,7 +194,8 @@ def test_node_contract(node_module):
         widgets, sockets = _widgets_and_sockets(cls)
         assert widgets == WIDGETS[node_id]
         assert (sockets, cls.RETURN_TYPES) == SOCKETS[node_id]
-        assert cls.CATEGORY.startswith("FinePhys/") and cls.DESCRIPTION and node_id in node_module.NODE_DISPLAY_NAME_MAPPINGS
+        assert cls.CATEGORY.startswith("FinePhys/") and cls.DESCRIPTION
+        assert node_id in node_module.NODE_DISPLAY_NAME_MAPPINGS
 
 
 def test_sampler_node_outputs_image_and_latent(node_module, pipe, text, guidance, unguided):

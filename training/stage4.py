@@ -263,7 +263,7 @@ def motion_modules_bypassed(unet):
 
 
 def debias(x: torch.Tensor, anchor: int, beta: float = 1.0) -> torch.Tensor:
-    """MotionDirector's φ: √(β²+1)·x − β·x[:, :, anchor] over (B, C, F, h, w) — removes what all frames share."""
+    """MotionDirector's φ over (B, C, F, h, w): √(β²+1)·x − β·x[:, :, anchor], removing what frames share."""
     return math.sqrt(beta ** 2 + 1) * x - beta * x[:, :, anchor:anchor + 1]
 
 
