@@ -93,12 +93,18 @@ def mean_prior_from_clips(clips_3d) -> Tensor:
     return root_relative(clips).mean(0)
 
 
-def _prompt_features(pose2d_normalized: Tensor) -> Tensor:
-    """(..., T, 17, 3) → (..., 34): score-weighted mean over time of the lifter's normalised 2D pose."""
+def prompt_features(pose2d_normalized: Tensor) -> Tensor:
+    """(..., T, 17, 3) → (..., 34): score-weighted mean over time of the lifter's normalised 2D pose.
+
+    The space :func:`choose_prompt` and :func:`build_prompt_bank` measure distances in.
+    """
     x = lifter_inputs(pose2d_normalized)
     w = x[..., 2:]
     mean = (x[..., :2] * w).sum(-3) / w.sum(-3).clamp_min(1e-8)
     return mean.flatten(-2)
+
+
+_prompt_features = prompt_features  # name used by training/stage2.py
 
 
 def build_prompt_bank(clips_2d, clips_3d, size: int = 32) -> tuple[Tensor, Tensor]:
@@ -115,7 +121,7 @@ def build_prompt_bank(clips_2d, clips_3d, size: int = 32) -> tuple[Tensor, Tenso
     if c2.ndim != 4 or c2.shape != c3.shape or c2.shape[-2:] != (NUM_JOINTS, 3) or c2.shape[0] == 0:
         raise ValueError(f"clips_2d and clips_3d must both be (N, W, {NUM_JOINTS}, 3), N ≥ 1; got "
                          f"{tuple(c2.shape)} and {tuple(c3.shape)}")
-    feats = _prompt_features(c2)
+    feats = prompt_features(c2)
     chosen = [int(torch.cdist(feats, feats.mean(0, keepdim=True))[:, 0].argmin())]
     dist = torch.cdist(feats, feats[chosen[-1:]])[:, 0]
     for _ in range(min(size, len(feats)) - 1):
@@ -134,7 +140,7 @@ def choose_prompt(model: PoseModel, query_2d, k: int = 1) -> tuple[Tensor, Tenso
     q = torch.as_tensor(np.asarray(query_2d) if not isinstance(query_2d, Tensor) else query_2d,
                         dtype=torch.float32)
     bank = model.prompt_2d.float().cpu()
-    d = torch.cdist(_prompt_features(q)[None], _prompt_features(bank))[0]
+    d = torch.cdist(prompt_features(q)[None], prompt_features(bank))[0]
     k = max(1, min(int(k), len(d)))
     idx = torch.sort(d, stable=True).indices[:k].to(model.prompt_2d.device)
     return model.prompt_2d[idx], model.prompt_3d[idx]

@@ -57,7 +57,7 @@ def lift_pose(pose2d: Pose2D, model: PoseModel, overlap: int = 4, num_prompts: i
     query = torch.from_numpy(pose2d.normalized())
     model.eval()
     device = model.mean_prior.device
-    with torch.no_grad(), torch_threads(num_threads):
+    with torch.inference_mode(), torch_threads(num_threads):
         prompt = choose_prompt(model, query, k=num_prompts)
         s_dd = lift_windows(model.lifter, query.to(device), prompt, model.mean_prior, model.window, overlap)
     joints = s_dd.cpu().numpy().astype(np.float32)

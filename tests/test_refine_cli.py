@@ -76,7 +76,13 @@ def test_lift_pose_errors(tiny):
 
 def test_refine_is_deterministic_and_layout_converted(tiny):
     p = _pose2d(20)
-    a, b = refine_pose2d(p, tiny), refine_pose2d(p.to_h36m(), tiny)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a, b = refine_pose2d(p, tiny), refine_pose2d(p.to_h36m(), tiny)
+        assert torch.get_num_threads() == 2          # the one-thread default is restored afterwards
+    finally:
+        torch.set_num_threads(before)
     assert np.array_equal(a.fused.joints, b.fused.joints)
 
 
