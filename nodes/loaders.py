@@ -19,8 +19,9 @@ class FinePhysLoadPoseModel:
     RETURN_NAMES = ("pose_model",)
     OUTPUT_TOOLTIPS = ("The pose models for FinePhys Lift ICL 3D and FinePhys PhysNet Refine.",)
     DESCRIPTION = ("Loads the in-context lifter and PhysNet from models/finephys/*.safetensors (the file also holds "
-                   "the prompt bank and the mean 3D prior). '(embedded default)' uses the small model shipped "
-                   "with the pack.")
+                   "the prompt bank and the mean 3D prior). '(embedded default)' uses the weights shipped in the "
+                   "pack's finephys_core/data/ (an untrained model, with a warning in the log, when none are "
+                   "shipped).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -31,6 +32,18 @@ class FinePhysLoadPoseModel:
                     "tooltip": "A pose-model file in models/finephys/, or the pack's embedded default."}),
             },
         }
+
+    @classmethod
+    def IS_CHANGED(cls, model_name):
+        """Reload when the chosen file is replaced (e.g. by a new training checkpoint)."""
+        if model_name == EMBEDDED_DEFAULT:
+            path = pose_model.DEFAULT_WEIGHTS
+        else:
+            try:
+                path = comfy_adapter.model_path(FINEPHYS_FOLDER, model_name)
+            except FileNotFoundError:
+                return model_name
+        return f"{path}:{path.stat().st_mtime_ns}" if path.is_file() else str(path)
 
     def run(self, model_name):
         if model_name == EMBEDDED_DEFAULT:

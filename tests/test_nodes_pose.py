@@ -202,6 +202,21 @@ def test_load_pose_model_lists_folder_files(classes, dirs):
     assert choices == ["(embedded default)", "b.safetensors", "sub/a.safetensors"]
 
 
+def test_load_pose_model_is_changed_follows_the_file(classes, dirs):
+    import os
+
+    node = classes["FinePhysLoadPoseModel"]
+    path = dirs["models"] / "finephys" / "m.safetensors"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"1")
+    first = node.IS_CHANGED("m.safetensors")
+    assert node.IS_CHANGED("m.safetensors") == first
+    os.utime(path, ns=(1, 10**18))
+    assert node.IS_CHANGED("m.safetensors") != first
+    assert node.IS_CHANGED("gone.safetensors") == "gone.safetensors"
+    assert isinstance(node.IS_CHANGED("(embedded default)"), str)
+
+
 def test_load_pose_model_missing_file_is_clear(classes, dirs):
     with pytest.raises(FileNotFoundError, match="nope.safetensors.*finephys"):
         classes["FinePhysLoadPoseModel"]().run("nope.safetensors")
