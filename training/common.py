@@ -185,9 +185,15 @@ class TrainContext:
     def device(self) -> torch.device:
         return self.accelerator.device
 
-    def shard(self, indices: np.ndarray) -> np.ndarray:
-        """This process's share of a batch drawn identically on every process."""
-        return indices[self.accelerator.process_index::self.accelerator.num_processes]
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    def shard(self, batch: dict) -> dict:
+        """This process's share of a batch drawn identically on every process (draw ``world`` × the
+        per-process batch size, every process from the same generator state, then shard)."""
+        i, n = self.accelerator.process_index, self.accelerator.num_processes
+        return batch if n == 1 else {k: v[i::n] for k, v in batch.items()}
 
 
 def make_accelerator(cpu: bool | None = None):

@@ -65,8 +65,11 @@ class PoseStack(nn.Module):
         super().__init__()
         self.lifter, self.physnet = lifter, physnet
 
-    def forward(self, prompt_2d, prompt_3d, query_2d, prior, dt, windows: int):
-        """query_2d (B, n·W, 17, 3); prompts (B, W, 17, 3); prior (W, 17, 3); dt (B,) → (S_dd, PhysNetOutput)."""
+    def forward(self, prompt_2d, prompt_3d, query_2d, prior, dt, windows: int, s_dd=None):
+        """query_2d (B, n·W, 17, 3); prompts (B, W, 17, 3); prior (W, 17, 3); dt (B,) → (S_dd, PhysNetOutput).
+        A given ``s_dd`` (B, n·W, 17, 3) skips the lifter (frozen-lifter training)."""
+        if s_dd is not None:
+            return s_dd, self.physnet(s_dd, dt)
         B = query_2d.shape[0]
         q = rearrange(query_2d, "b (n w) j c -> (b n) w j c", n=windows)
         rep = lambda x: x.repeat_interleave(windows, 0)  # noqa: E731
@@ -195,8 +198,7 @@ def prompt_bank_and_prior(ds, probs, size: int, n_windows: int, window: int, see
 def losses(stack: PoseStack, batch: dict, bank, prior, cfg: dict, windows: int) -> dict[str, torch.Tensor]:
     """Eq. 19 (+ the configured options) on a batch; with ``s_dd`` in the batch the lifter is skipped."""
     if "s_dd" in batch:
-        s_dd = batch["s_dd"]
-        out = stack.physnet(s_dd, batch["dt"])
+        s_dd, out = stack(None, None, None, None, batch["dt"], windows, s_dd=batch["s_dd"])
     else:
         p2d, p3d = nearest_prompts(bank[0], bank[1], batch["pose2d"])
         s_dd, out = stack(p2d, p3d, batch["pose2d"], prior, batch["dt"], windows)
@@ -302,8 +304,9 @@ def run(config: dict, args) -> dict:
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
 
     def step_fn(step: int, ctx: common.TrainContext):
-        batch = (pool_batch(pool, cfg["batch_size"], ctx.rng) if pool is not None
-                 else draw_batch(ds, probs, cfg["batch_size"], ctx.rng, step))
+        size = cfg["batch_size"] * ctx.world      # batch_size is per process
+        batch = ctx.shard(pool_batch(pool, size, ctx.rng) if pool is not None
+                          else draw_batch(ds, probs, size, ctx.rng, step))
         if "s_dd" not in batch:
             batch = augment(batch, ctx.rng, cfg["clean_fraction"], cfg["flip_prob"])
         batch = {k: v.to(ctx.device) for k, v in batch.items()}

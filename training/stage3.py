@@ -90,7 +90,8 @@ def run(config: dict, args) -> dict:
     opt = torch.optim.AdamW(physnet.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
 
     def step_fn(step: int, ctx: common.TrainContext):
-        batch = {k: v.to(ctx.device) for k, v in stage2.pool_batch(pool, cfg["batch_size"], ctx.rng).items()}
+        batch = ctx.shard(stage2.pool_batch(pool, cfg["batch_size"] * ctx.world, ctx.rng))
+        batch = {k: v.to(ctx.device) for k, v in batch.items()}
         return reprojection_losses(ctx.extra["model"], batch, cfg)
 
     ctx = common.train_loop(physnet, opt, step_fn, out_dir=out_dir, max_steps=int(cfg["max_steps"]), seed=cfg["seed"],
