@@ -193,6 +193,9 @@ def pose_to_dict(pose: Pose2D | Pose3D) -> dict:
 
 def pose_from_dict(d: dict) -> Pose2D | Pose3D:
     kind = d.get("kind")
+    if kind is None and "pose3d" in d:  # the CLI's refine output: its fused 3D pose
+        d = {**d, "joints": d["pose3d"], "source": "fused", "camera": None}
+        kind = "pose3d"
     if kind is None:  # the CLI's input format: keypoints/scores without a kind tag
         kind = "pose2d" if "keypoints" in d else "pose3d" if "joints" in d else None
     if kind == "pose2d":

@@ -118,3 +118,13 @@ def test_bad_file_kinds(tmp_path):
         load_pose(tmp_path / "broken.npz")
     with pytest.raises(FileNotFoundError):
         load_pose(tmp_path / "missing.npz")
+
+
+def test_cli_refine_output_loads_as_fused_pose3d(tmp_path):
+    joints = np.random.default_rng(2).normal(size=(6, 17, 3)).astype(np.float32)
+    np.savez(tmp_path / "out.npz", pose3d_dd=joints + 1, pose3d_pp=joints - 1, pose3d=joints,
+             pose2d_reproj=np.zeros((6, 17, 2)), fps=np.asarray(50.0), layout=np.asarray("h36m17"),
+             camera=np.asarray('{"focal": 1}'))
+    pose = load_pose(tmp_path / "out.npz")
+    assert isinstance(pose, Pose3D) and pose.source == "fused" and pose.fps == 50.0
+    np.testing.assert_array_equal(pose.joints, joints)
