@@ -49,6 +49,7 @@ if __package__ in (None, ""):  # run as a script: make the pack importable
 from training.synth_model import CONTACT_PARTS, BodyScale, Gymnast  # noqa: E402
 
 CLASSES = ("tuck_salto", "pike_salto", "layout_twist", "split_leap", "turn_jump", "floor_spin")
+SALTOS = CLASSES[:3]
 CLASS_WEIGHTS = (0.2, 0.17, 0.2, 0.16, 0.17, 0.1)
 RECORD_HZ = 1200
 FPS_CHOICES = (25, 30, 40, 48, 50, 60)
@@ -170,7 +171,7 @@ def make_plan(rng: np.random.Generator, cls: str) -> Plan:
     open_ = pose(legs=(-0.25, 0.3), arms=str(rng.choice(["up", "forward_up", "side_up"])))
     takeoff = _jitter(pose(legs=(0.0, 0.02), arms=str(rng.choice(["up", "forward_up"])), trunk=-0.05), rng, 0.05)
     vz = float(rng.uniform(3.6, 4.8))
-    if cls in ("tuck_salto", "pike_salto", "layout_twist"):
+    if cls in SALTOS:
         backward = cls == "layout_twist" or rng.random() < (0.7 if cls == "tuck_salto" else 0.5)
         v_h = float(rng.uniform(0.0, 3.0)) * (-1 if backward else 1)
         axis = -left if backward else left
@@ -320,6 +321,109 @@ def _target_momentum(plan: Plan, inertia: dict, t_flight: float) -> np.ndarray:
     return axis * angle * inertia["flight"] / max(0.85 * t_flight, 1e-3)
 
 
+class _Flight:
+    """Take-off, flight and landing of one jump: phases, servo targets and assist wrenches per step."""
+
+    def __init__(self, gym: Gymnast, plan: Plan, cfg: SynthConfig):
+        self.gym, self.plan, self.cfg = gym, plan, cfg
+        self.axis = plan.spin_axis
+        self.salto = plan.cls in SALTOS
+        self.track = abs(self.axis[2]) < 0.9  # somersaults: follow the pelvis angle about the spin axis
+        self.inertia = _inertias(gym, plan)
+        self.L_target, self.L_axis = np.zeros(3), 0.0
+        self.target_angle = 2 * np.pi * plan.rotations + 0.5 * (plan.open_angle - np.deg2rad(80))  # ±10°
+        self.ctrl = {k: gym.pose_ctrl(getattr(plan, k)) for k in ("start", "takeoff", "flight", "open_", "land")}
+        _place_on_floor(gym, self.ctrl["start"], plan.heading)
+        gym.data.qvel[0:3] = plan.v_run
+        self.com_z0 = gym.data.subtree_com[1, 2]
+        self.phase, self.t_air, self.t_land, self.open_info = "push", None, None, None
+        self.phi, self.phi_prev, self.up_prev, self.airborne = 0.0, 0.0, None, False
+        self.blend = (self.ctrl["start"], self.ctrl["takeoff"], 0.0, plan.t_push)
+
+    def _blend_to(self, target: str, t0: float, duration: float):
+        self.blend = (self.gym.data.ctrl.copy(), self.ctrl[target], t0, duration)
+
+    def step(self, t: float) -> tuple[bool, bool]:
+        """Set wrench and servo targets for time t; returns (external force on, clip finished)."""
+        external = done = False
+        if self.phase == "push":
+            external = self._push(t)
+        elif self.phase in ("air", "open"):
+            self._air(t)
+        if self.phase == "land":
+            external, done = True, self._land(t)
+        c0, c1, t0, duration = self.blend
+        alpha = np.clip((t - t0) / max(duration, 1e-6), 0.0, 1.0)
+        alpha = min(alpha / 0.7, 1.0) if self.phase == "push" else alpha * alpha * (3 - 2 * alpha)
+        self.gym.data.ctrl[:] = c0 + alpha * (c1 - c0)
+        return external, done
+
+    def _push(self, t: float) -> bool:
+        """Track a velocity ramp the extending legs can follow (feet stay down), then the spin impulse."""
+        gym, plan, d = self.gym, self.plan, self.gym.data
+        mujoco.mj_subtreeVel(gym.model, d)
+        ramp = min(t / plan.t_push, 1.0)
+        v_ref = plan.v_run + ramp ** 2 * (plan.v_takeoff - plan.v_run)
+        a_ref = 2 * ramp * (plan.v_takeoff - plan.v_run) / plan.t_push
+        _apply_wrench(gym, _clamp(gym.mass * (a_ref + (v_ref - d.subtree_linvel[1]) / 0.03), 8 * gym.mass * G),
+                      np.zeros(3))
+        if t < plan.t_push:
+            return True
+        d.qfrc_applied[:] = 0
+        vz, z = d.subtree_linvel[1, 2], d.subtree_com[1, 2]
+        t_flight = (vz + math.sqrt(max(vz * vz + 2 * G * (z - self.inertia["z_land"]), 0.0))) / G
+        self.L_target = _target_momentum(plan, self.inertia, t_flight)
+        self.L_axis = float(self.L_target @ self.axis)
+        _spin_impulse(gym, self.L_target)
+        self.phase, self.t_air = "air", t
+        self.blend = (d.ctrl.copy(), self.ctrl["flight"], t + plan.t_shape, plan.t_transition)
+        return True  # the spin impulse is an external push as well
+
+    def _track_rotation(self):
+        up = self.gym.data.xmat[1].reshape(3, 3)[:, 1].copy()  # pelvis axis: shape changes barely turn it
+        u = up - (up @ self.axis) * self.axis
+        if np.linalg.norm(u) > 0.2:
+            if self.up_prev is not None:
+                self.phi += math.atan2(np.cross(self.up_prev, u) @ self.axis, self.up_prev @ u)
+            self.up_prev = u
+
+    def _air(self, t: float):
+        """Open out of the shape when the rotation left fits the time left (as gymnasts do); detect landing."""
+        plan, d = self.plan, self.gym.data
+        if self.track:
+            self._track_rotation()
+        vz, z = d.subtree_linvel[1, 2], d.subtree_com[1, 2]
+        late = vz < 0 and z < self.com_z0 + 0.35
+        t_rem = (vz + math.sqrt(max(vz * vz + 2 * G * (z - self.inertia["z_land"]), 0.0))) / G
+        omega = (self.phi - self.phi_prev) / self.cfg.timestep
+        self.phi_prev = self.phi
+        lag = plan.t_transition + 0.1  # the servos need this long to open against the spin
+        predicted = omega * lag + self.L_axis / self.inertia["open_"] * max(t_rem - lag, 0)
+        held = t > self.t_air + plan.t_shape + plan.t_transition + 0.15  # show the shape before opening
+        if self.phase == "air" and self.salto and ((held and self.phi + predicted >= self.target_angle) or late):
+            self.phase, self.open_info = "open", (t, self.phi, late)
+            self._blend_to("open_", t, plan.t_transition)
+        elif self.phase == "air" and not self.salto and late:
+            self.phase = "open"
+            self._blend_to("land", t, plan.t_transition)
+        touching = self.gym.contacts()[1]
+        self.airborne = self.airborne or not touching
+        if touching and self.airborne and t > self.t_air + 0.1:
+            self.phase, self.t_land = "land", t
+            self._blend_to("land", t, 0.3)
+
+    def _land(self, t: float) -> bool:
+        """Brake the slide, hold down any bounce, damp the spin and pull upright; the legs take the fall."""
+        gym, d = self.gym, self.gym.data
+        L = _angular_momentum(gym)
+        up = _up_vector(gym.joints())
+        vel = d.subtree_linvel[1]
+        force = _clamp(-gym.mass * np.r_[vel[:2], max(vel[2], 0.0)] / np.array([0.12, 0.12, 0.04]),
+                       6 * gym.mass * G)
+        _apply_wrench(gym, force, _clamp(-L / 0.1 + 1500.0 * np.cross(up, [0, 0, 1.0]), 3000.0))
+        return t >= self.t_land + self.plan.t_after
+
+
 def simulate(plan: Plan, scale: BodyScale, cfg: SynthConfig = SynthConfig()) -> dict:
     """Run one motion; returns world-frame arrays recorded at RECORD_HZ plus scalar facts."""
     gym = Gymnast(scale, cfg.timestep)
@@ -329,88 +433,13 @@ def simulate(plan: Plan, scale: BodyScale, cfg: SynthConfig = SynthConfig()) -> 
         raise ValueError(f"timestep {cfg.timestep} must divide 1/{RECORD_HZ} s")
     if plan.cls == "floor_spin":
         return _simulate_spin(gym, plan, every, cfg)
-
-    axis = plan.spin_axis
-    salto = plan.cls in ("tuck_salto", "pike_salto", "layout_twist")
-    inertia = _inertias(gym, plan)
-    i_open, z_land = inertia["open_"], inertia["z_land"]
-    L_target, L_axis = np.zeros(3), 0.0
-    target_angle = 2 * np.pi * plan.rotations + 0.5 * (plan.open_angle - np.deg2rad(80))  # ±10° variety
-
-    ctrl_start = gym.pose_ctrl(plan.start)
-    _place_on_floor(gym, ctrl_start, plan.heading)
-    d.qvel[0:3] = plan.v_run
-    ctrl_takeoff, ctrl_flight = gym.pose_ctrl(plan.takeoff), gym.pose_ctrl(plan.flight)
-    ctrl_open, ctrl_land = gym.pose_ctrl(plan.open_), gym.pose_ctrl(plan.land)
-    mass = gym.mass
+    jump = _Flight(gym, plan, cfg)
     rec = _Recorder()
-    phase, t, step = "push", 0.0, 0
-    t_air = t_land = None
-    phi, phi_prev, up_prev, airborne, open_info = 0.0, 0.0, None, False, None
-    track = abs(axis[2]) < 0.9  # somersaults: follow the pelvis angle about the horizontal spin axis
-    pose_from, pose_to, t_blend0, blend_time = ctrl_start, ctrl_takeoff, 0.0, plan.t_push
-    com_z0 = d.subtree_com[1, 2]
+    step, t = 0, 0.0
     while t < cfg.max_duration:
-        external = False
-        if phase == "push":
-            # track a velocity ramp the extending legs can follow, so the feet stay down while pushing
-            mujoco.mj_subtreeVel(m, d)
-            ramp = min(t / plan.t_push, 1.0)
-            v_ref = plan.v_run + ramp ** 2 * (plan.v_takeoff - plan.v_run)
-            a_ref = 2 * ramp * (plan.v_takeoff - plan.v_run) / plan.t_push
-            force = _clamp(mass * (a_ref + (v_ref - d.subtree_linvel[1]) / 0.03), 8 * mass * G)
-            _apply_wrench(gym, force, np.zeros(3))
-            external = True
-            if t >= plan.t_push:
-                d.qfrc_applied[:] = 0
-                vz, z = d.subtree_linvel[1, 2], d.subtree_com[1, 2]
-                t_flight = (vz + math.sqrt(max(vz * vz + 2 * G * (z - z_land), 0.0))) / G
-                L_target = _target_momentum(plan, inertia, t_flight)
-                L_axis = float(L_target @ axis)
-                _spin_impulse(gym, L_target)
-                phase, t_air = "air", t
-                pose_from, pose_to, t_blend0, blend_time = _current_ctrl(gym), ctrl_flight, t + plan.t_shape, \
-                    plan.t_transition
-        elif phase in ("air", "open"):
-            if track:
-                up = d.xmat[1].reshape(3, 3)[:, 1].copy()  # pelvis axis: shape changes barely turn it
-                u = up - (up @ axis) * axis
-                if up_prev is not None and np.linalg.norm(u) > 0.2:
-                    phi += math.atan2(np.cross(up_prev, u) @ axis, up_prev @ u)
-                if np.linalg.norm(u) > 0.2:
-                    up_prev = u
-            vz, z = d.subtree_linvel[1, 2], d.subtree_com[1, 2]
-            late = vz < 0 and z < com_z0 + 0.35
-            t_rem = (vz + math.sqrt(max(vz * vz + 2 * G * (z - z_land), 0.0))) / G
-            omega = (phi - phi_prev) / cfg.timestep
-            phi_prev = phi
-            lag = plan.t_transition + 0.1  # the servos need this long to open against the spin
-            predicted = omega * lag + L_axis / i_open * max(t_rem - lag, 0)
-            held = t > t_air + plan.t_shape + plan.t_transition + 0.15  # show the shape before opening
-            if phase == "air" and salto and ((held and phi + predicted >= target_angle) or late):
-                phase, open_info = "open", (t, phi, late)
-                pose_from, pose_to, t_blend0, blend_time = _current_ctrl(gym), ctrl_open, t, plan.t_transition
-            elif phase == "air" and not salto and late:
-                phase = "open"
-                pose_from, pose_to, t_blend0, blend_time = _current_ctrl(gym), ctrl_land, t, plan.t_transition
-            touching = gym.contacts()[1]
-            airborne = airborne or not touching
-            if touching and airborne and t > t_air + 0.1:
-                phase, t_land = "land", t
-                pose_from, pose_to, t_blend0, blend_time = _current_ctrl(gym), ctrl_land, t, 0.3
-        if phase == "land":
-            L = _angular_momentum(gym)
-            up = _up_vector(gym.joints())
-            vel = d.subtree_linvel[1]  # brake the slide and hold down any bounce; the legs take the fall
-            force = _clamp(-mass * np.r_[vel[:2], max(vel[2], 0.0)] / np.array([0.12, 0.12, 0.04]), 6 * mass * G)
-            torque = _clamp(-L / 0.1 + 1500.0 * np.cross(up, [0, 0, 1.0]), 3000.0)
-            _apply_wrench(gym, force, torque)
-            external = True
-            if t >= t_land + plan.t_after:
-                break
-        alpha = np.clip((t - t_blend0) / max(blend_time, 1e-6), 0.0, 1.0)
-        alpha = min(alpha / 0.7, 1.0) if phase == "push" else alpha * alpha * (3 - 2 * alpha)
-        d.ctrl[:] = pose_from + alpha * (pose_to - pose_from)
+        external, done = jump.step(t)
+        if done:
+            break
         if step % every == 0:
             mujoco.mj_subtreeVel(m, d)  # keep subtree_com current for the recorder
             rec.add(gym, external)
@@ -418,7 +447,8 @@ def simulate(plan: Plan, scale: BodyScale, cfg: SynthConfig = SynthConfig()) -> 
         step += 1
         t = step * cfg.timestep
     out = rec.arrays()
-    out.update(rotation=float(phi), t_air=t_air, t_land=t_land, angular_momentum=L_target, open_info=open_info)
+    out.update(rotation=float(jump.phi), t_air=jump.t_air, t_land=jump.t_land, angular_momentum=jump.L_target,
+               open_info=jump.open_info)
     return out
 
 
@@ -439,10 +469,6 @@ def _spin_impulse(gym: Gymnast, L_target: np.ndarray):
 def _inertia_for(gym: Gymnast, p: dict, heading: float) -> np.ndarray:
     _place_on_floor(gym, gym.pose_ctrl(p), heading)
     return gym.inertia_about_com()
-
-
-def _current_ctrl(gym: Gymnast) -> np.ndarray:
-    return gym.data.ctrl.copy()
 
 
 def _simulate_spin(gym: Gymnast, plan: Plan, every: int, cfg: SynthConfig) -> dict:
@@ -559,8 +585,8 @@ def generate_clip(seed: int, cls: str | None = None, fps: int | None = None, cfg
     return render_view(sim, np.random.default_rng([seed, 0xCA3]), fps, cfg.camera)
 
 
-def motion_views(seed: int, views: int, cfg: SynthConfig = SynthConfig()) -> list[dict]:
-    sim = simulate_motion(seed, None, cfg)
+def motion_views(seed: int, views: int, cfg: SynthConfig = SynthConfig(), cls: str | None = None) -> list[dict]:
+    sim = simulate_motion(seed, cls, cfg)
     rng = np.random.default_rng([seed, 0xCA3])
     return [render_view(sim, rng, None, cfg.camera) for _ in range(views)]
 
@@ -592,19 +618,21 @@ def stack_clips(clips: list[dict]) -> dict:
 
 
 def _motion_task(args) -> list[dict]:
-    seed, views, camera_set, timestep_hz = args
-    return motion_views(seed, views, SynthConfig(timestep=1.0 / timestep_hz, camera=CAMERA_SETS[camera_set]))
+    seed, views, camera_set, timestep_hz, cls = args
+    return motion_views(seed, views, SynthConfig(timestep=1.0 / timestep_hz, camera=CAMERA_SETS[camera_set]), cls)
 
 
 def generate_dataset(out_dir, num_motions: int, views_per_motion: int, seed: int, workers: int = 2,
                      progress: bool = True, motions_per_shard: int = 20, camera_set: str = "train",
-                     timestep_hz: int = 2400) -> dict:
+                     timestep_hz: int = 2400, balanced: bool = False) -> dict:
     """Simulate ``num_motions`` motions (seeds ``seed*1_000_003 + i``), each seen by ``views_per_motion``
-    cameras, in worker processes; write ``shard_XXXXX.npz`` files and ``meta.json`` into ``out_dir``."""
+    cameras, in worker processes; write ``shard_XXXXX.npz`` files and ``meta.json`` into ``out_dir``.
+    ``balanced`` cycles through CLASSES (motion i is class i mod 6) instead of drawing by CLASS_WEIGHTS."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = [seed * 1_000_003 + i for i in range(num_motions)]
-    tasks = [(s, views_per_motion, camera_set, timestep_hz) for s in seeds]
+    tasks = [(s, views_per_motion, camera_set, timestep_hz, CLASSES[i % len(CLASSES)] if balanced else None)
+             for i, s in enumerate(seeds)]
     t0 = time.time()
     bar = None
     if progress:
@@ -641,7 +669,8 @@ def generate_dataset(out_dir, num_motions: int, views_per_motion: int, seed: int
     if bar:
         bar.close()
     meta = {"num_motions": num_motions, "views_per_motion": views_per_motion, "seed": seed,
-            "camera_set": camera_set, "classes": list(CLASSES), "motions_per_class": counts, "shards": shards,
+            "camera_set": camera_set, "balanced": balanced, "classes": list(CLASSES),
+            "motions_per_class": counts, "shards": shards,
             "record_hz": RECORD_HZ, "timestep_hz": timestep_hz, "seconds": round(time.time() - t0, 1),
             "contact_parts": list(CONTACT_PARTS), "joints": "h36m17"}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -688,13 +717,15 @@ def main(argv=None) -> int:
     ap.add_argument("--per-shard", type=int, default=20, help="motions per shard file")
     ap.add_argument("--cameras", choices=sorted(CAMERA_SETS), default="train")
     ap.add_argument("--timestep-hz", type=int, default=2400, help="simulation rate (a multiple of 1200)")
+    ap.add_argument("--balanced", action="store_true", help="equal motions per class (for evaluation sets)")
     ap.add_argument("--stats", action="store_true", help="only print summarize() of an existing --out")
     args = ap.parse_args(argv)
     if args.stats:
         print(json.dumps(summarize(args.out)))
         return 0
     meta = generate_dataset(args.out, args.motions, args.views, args.seed, args.workers,
-                            motions_per_shard=args.per_shard, camera_set=args.cameras, timestep_hz=args.timestep_hz)
+                            motions_per_shard=args.per_shard, camera_set=args.cameras, timestep_hz=args.timestep_hz,
+                            balanced=args.balanced)
     print(json.dumps(meta))
     return 0
 
