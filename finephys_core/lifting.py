@@ -221,14 +221,20 @@ def blend_weights(window: int, overlap: int, first: bool, last: bool) -> Tensor:
     return w
 
 
-def _as_prompt(prompt, window: int) -> tuple[Tensor, Tensor]:
-    p2d, p3d = (torch.as_tensor(np.asarray(p) if not isinstance(p, Tensor) else p, dtype=torch.float32)
-                for p in prompt)
+def _window_prompts(prompt, wins: Tensor) -> tuple[Tensor, Tensor]:
+    """Prompt pairs for a batch of windows (n, W, 17, 3) → P2D, P3D each (n, K, W, 17, 3)."""
+    n, window = wins.shape[:2]
+    pair = prompt(wins) if callable(prompt) else prompt
+    p2d, p3d = (torch.as_tensor(np.asarray(p) if not isinstance(p, Tensor) else p, dtype=torch.float32,
+                                device=wins.device) for p in pair)
     if p2d.ndim == 3:
         p2d, p3d = p2d[None], p3d[None]
-    if p2d.shape != p3d.shape or p2d.shape[1:] != (window, NUM_JOINTS, 3):
-        raise ValueError(f"prompt pair must be (K, {window}, {NUM_JOINTS}, 3) each; got 2D "
-                         f"{tuple(p2d.shape)}, 3D {tuple(p3d.shape)}")
+    if p2d.ndim == 4:
+        p2d, p3d = p2d.expand(n, -1, -1, -1, -1), p3d.expand(n, -1, -1, -1, -1)
+    tail = (window, NUM_JOINTS, 3)
+    if p2d.shape != p3d.shape or p2d.ndim != 5 or p2d.shape[0] != n or p2d.shape[2:] != tail:
+        raise ValueError(f"prompt pair must be (K, {window}, {NUM_JOINTS}, 3) each, or (n, K, ...) from a "
+                         f"prompt function; got 2D {tuple(p2d.shape)}, 3D {tuple(p3d.shape)}")
     return p2d, p3d
 
 
@@ -237,7 +243,8 @@ def lift_windows(model: Callable[..., Tensor], query_2d, prompt, prior, window: 
                  progress: Callable[[int], None] | None = None) -> Tensor:
     """Lift a clip of any length. query_2d: (T, 17, 3) normalize_screen output → S_dd (T, 17, 3).
 
-    prompt: pair (P2D, P3D), each (W, 17, 3) or (K, W, 17, 3) (K prompts: outputs averaged);
+    prompt: a pair (P2D, P3D), each (W, 17, 3) or (K, W, 17, 3), used for every window; or a function
+    windows (n, W, 17, 3) → pair each (n, K, W, 17, 3) choosing per window. K prompts: outputs averaged.
     prior: (W, 17, 3). T < W: edge-replicated to W, then cropped. T > W: windows every W - overlap frames
     (the last aligned to the clip end), batched, cross-faded with :func:`blend_weights`.
     ``model`` is an :class:`ICLLifter` (or any callable with its forward signature).
@@ -249,11 +256,10 @@ def lift_windows(model: Callable[..., Tensor], query_2d, prompt, prior, window: 
                         dtype=torch.float32)
     if q.ndim != 3 or q.shape[1:] != (NUM_JOINTS, 3) or q.shape[0] == 0:
         raise ValueError(f"query_2d must be (T, {NUM_JOINTS}, 3) with T ≥ 1; got {tuple(q.shape)}")
-    p2d, p3d = (p.to(q.device) for p in _as_prompt(prompt, window))
     prior = torch.as_tensor(prior, dtype=torch.float32, device=q.device)
     if prior.shape != (window, NUM_JOINTS, 3):
         raise ValueError(f"prior must be ({window}, {NUM_JOINTS}, 3); got {tuple(prior.shape)}")
-    T, K = q.shape[0], p2d.shape[0]
+    T = q.shape[0]
     if T < window:
         q = torch.cat([q, q[-1:].expand(window - T, -1, -1)], 0)
     starts = window_starts(T, window, overlap)
@@ -262,9 +268,10 @@ def lift_windows(model: Callable[..., Tensor], query_2d, prompt, prior, window: 
     for c in range(0, len(starts), batch_size):
         chunk = starts[c:c + batch_size]
         wins = torch.stack([q[s:s + window] for s in chunk])                   # (n, W, 17, 3)
-        n = wins.shape[0]
-        pred = model(p2d.repeat(n, 1, 1, 1), p3d.repeat(n, 1, 1, 1),
-                     wins.repeat_interleave(K, 0), prior.expand(n * K, -1, -1, -1))
+        p2d, p3d = _window_prompts(prompt, wins)                               # (n, K, W, 17, 3)
+        n, K = p2d.shape[:2]
+        pred = model(p2d.flatten(0, 1), p3d.flatten(0, 1), wins.repeat_interleave(K, 0),
+                     prior.expand(n * K, -1, -1, -1))
         pred = rearrange(pred, "(n k) w j c -> n k w j c", k=K).mean(1)
         for i, s in enumerate(chunk):
             w = blend_weights(window, overlap, first=s == 0, last=s + window >= T).to(q)[:, None, None]

@@ -131,19 +131,26 @@ def build_prompt_bank(clips_2d, clips_3d, size: int = 32) -> tuple[Tensor, Tenso
     return c2[idx].clone(), root_relative(c3[idx]).clone()
 
 
-def choose_prompt(model: PoseModel, query_2d, k: int = 1) -> tuple[Tensor, Tensor]:
-    """The k prompt pairs of the bank nearest to the query: (prompt_2d, prompt_3d), each (k, W, 17, 3).
+def choose_prompts(model: PoseModel, queries, k: int = 1) -> tuple[Tensor, Tensor]:
+    """For each query (n, T, 17, 3) the k nearest bank pairs: (prompt_2d, prompt_3d) each (n, k, W, 17, 3).
 
-    query_2d (T, 17, 3) normalize_screen output. Distance: Euclidean between score-weighted time-mean poses
-    after :func:`lifter_inputs` (root-relative, scale-normalised). Ties go to the lower bank index.
+    Queries are normalize_screen output. Distance: Euclidean between :func:`prompt_features` (score-weighted
+    time-mean pose after :func:`lifter_inputs`: root-relative, scale-normalised). Ties go to the lower index.
     """
+    q = torch.as_tensor(np.asarray(queries) if not isinstance(queries, Tensor) else queries,
+                        dtype=torch.float32).cpu()
+    d = torch.cdist(prompt_features(q), prompt_features(model.prompt_2d.float().cpu()))     # (n, N)
+    k = max(1, min(int(k), d.shape[-1]))
+    idx = torch.sort(d, dim=-1, stable=True).indices[:, :k].to(model.prompt_2d.device)
+    return model.prompt_2d[idx], model.prompt_3d[idx]
+
+
+def choose_prompt(model: PoseModel, query_2d, k: int = 1) -> tuple[Tensor, Tensor]:
+    """The k bank pairs nearest to one query (T, 17, 3): (prompt_2d, prompt_3d) each (k, W, 17, 3)."""
     q = torch.as_tensor(np.asarray(query_2d) if not isinstance(query_2d, Tensor) else query_2d,
                         dtype=torch.float32)
-    bank = model.prompt_2d.float().cpu()
-    d = torch.cdist(prompt_features(q)[None], prompt_features(bank))[0]
-    k = max(1, min(int(k), len(d)))
-    idx = torch.sort(d, stable=True).indices[:k].to(model.prompt_2d.device)
-    return model.prompt_2d[idx], model.prompt_3d[idx]
+    p2d, p3d = choose_prompts(model, q[None], k)
+    return p2d[0], p3d[0]
 
 
 # ----------------------------------------------------------------------------- default placeholder data

@@ -14,7 +14,7 @@ import torch
 from . import physics
 from .camera import fuse_poses
 from .lifting import lift_windows
-from .pose_model import PoseModel, choose_prompt
+from .pose_model import PoseModel, choose_prompt, choose_prompts
 from .sequence import Pose2D, Pose3D, PoseError
 
 # progress units reported by refine_pose2d: lift, PhysNet, fuse
@@ -46,11 +46,12 @@ def _checked_2d(pose2d: Pose2D) -> Pose2D:
 
 
 def lift_pose(pose2d: Pose2D, model: PoseModel, overlap: int = 4, num_prompts: int = 1,
-              num_threads: int | None = 1) -> Pose3D:
+              prompt_per_window: bool = True, num_threads: int | None = 1) -> Pose3D:
     """LiftICL3D: any-length 2D clip (any supported layout) → Pose3D S_dd (source 'dd'), metres.
 
     Raises PoseError for a non-Pose2D or when no joint has a score above 0 ("no person detected").
-    One frame is fine. ``num_prompts`` > 1 averages the lifts with the k nearest prompt pairs.
+    One frame is fine. ``num_prompts`` > 1 averages the lifts with the k nearest prompt pairs, chosen for
+    each window (``prompt_per_window``, as training chooses per item) or once for the whole clip.
     ``num_threads``: torch threads while lifting (see :func:`torch_threads`).
     """
     pose2d = _checked_2d(pose2d)
@@ -58,7 +59,10 @@ def lift_pose(pose2d: Pose2D, model: PoseModel, overlap: int = 4, num_prompts: i
     model.eval()
     device = model.mean_prior.device
     with torch.inference_mode(), torch_threads(num_threads):
-        prompt = choose_prompt(model, query, k=num_prompts)
+        if prompt_per_window:
+            prompt = lambda wins: choose_prompts(model, wins, num_prompts)  # noqa: E731
+        else:
+            prompt = choose_prompt(model, query, k=num_prompts)
         s_dd = lift_windows(model.lifter, query.to(device), prompt, model.mean_prior, model.window, overlap)
     joints = s_dd.cpu().numpy().astype(np.float32)
     return Pose3D(joints, fps=pose2d.fps, source="dd", image_size=pose2d.image_size,

@@ -153,7 +153,25 @@ def test_blending_is_continuous():
 def test_lift_windows_rejects_bad_inputs(lifter):
     with pytest.raises(ValueError, match="query_2d must be"):
         lift_windows(lifter, torch.zeros(4, 17, 2), _prompt(), torch.zeros(W, 17, 3))
-    with pytest.raises(ValueError, match="prompt pair"):
+    with pytest.raises(ValueError, match="prompt pair must be"):
         lift_windows(lifter, torch.zeros(4, 17, 3), (torch.zeros(5, 17, 3),) * 2, torch.zeros(W, 17, 3))
     with pytest.raises(ValueError, match="overlap"):
         lift_windows(lifter, torch.zeros(4, 17, 3), _prompt(), torch.zeros(W, 17, 3), overlap=W)
+
+
+def test_prompt_function_is_called_per_window(lifter):
+    q, prior = _pose2d(2 * W + 3, 7), torch.zeros(W, 17, 3)
+    fixed = _prompt()
+    seen = []
+
+    def per_window(wins):
+        seen.append(wins.shape[0])
+        n = wins.shape[0]
+        return fixed[0].expand(n, 1, -1, -1, -1), fixed[1].expand(n, 1, -1, -1, -1)
+
+    with torch.no_grad():
+        a = lift_windows(lifter, q, per_window, prior, W, 2)
+        b = lift_windows(lifter, q, fixed, prior, W, 2)
+    assert seen == [len(window_starts(2 * W + 3, W, 2))] and torch.equal(a, b)
+    with pytest.raises(ValueError, match="prompt pair must be"):
+        lift_windows(lifter, q, lambda wins: (fixed[0][None, None],) * 2, prior, W, 2)

@@ -17,7 +17,7 @@ from finephys_core import pose_model as pm
 from finephys_core.__main__ import main as cli_main
 from finephys_core.lifting import LifterConfig
 from finephys_core.physics import PhysNetConfig
-from finephys_core.pose_model import (PoseModel, WeightsError, build_prompt_bank, choose_prompt,
+from finephys_core.pose_model import (PoseModel, WeightsError, build_prompt_bank, choose_prompt, choose_prompts,
                                       load_pose_model, mean_prior_from_clips, random_pose_model, save_pose_model)
 from finephys_core.refine import REFINE_STEPS, lift_pose, refine_pose2d
 from finephys_core.sequence import Pose2D, PoseError
@@ -107,6 +107,9 @@ def test_mean_prior_and_prompt_bank_and_choice():
         q2, q3 = choose_prompt(model, p2d[i][:5], k=1)      # the query is (part of) bank entry i
         assert torch.equal(q2[0], p2d[i]) and torch.equal(q3[0], p3d[i])
     assert choose_prompt(model, p2d[0], k=3)[0].shape == (3, W, 17, 3)
+    b2, b3 = choose_prompts(model, p2d[[2, 0, 3]], k=2)          # batched = one query at a time
+    assert b2.shape == (3, 2, W, 17, 3) and torch.equal(b2[0], choose_prompt(model, p2d[2], k=2)[0])
+    assert torch.equal(b3[1, 0], p3d[0]) and torch.equal(b3[2, 0], p3d[3])
     with pytest.raises(ValueError, match=r"\(N, W, 17, 3\)"):
         mean_prior_from_clips(torch.zeros(W, 17, 3))
 

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         result["ms_per_clip_min"][str(T)] = round(min(total), 2)
         result["cpu_ms_per_clip"][str(T)] = round(statistics.median(cpu), 2)
         result["stages_ms"][str(T)] = {k: round(v, 2) for k, v in split.items()}
-        print(f"{T:>6} {med:>10.1f} {min(total):>8.1f} {statistics.median(cpu):>8.1f} {split['lift']:>7.1f} {split['physnet']:>8.1f} "
+        print(f"{T:>6} {med:>10.1f} {min(total):>8.1f} {statistics.median(cpu):>8.1f} {split['lift']:>7.1f} "
+              f"{split['physnet']:>8.1f} "
               f"{split['fuse']:>7.1f} {all_threads:>10.1f}")
     ms = result["ms_per_clip"]
     result.update(ratio_256_over_16=round(ms["256"] / ms["16"], 2),
