@@ -85,6 +85,8 @@ def _snap_targets() -> list[list[int]]:
 
 
 _SNAP = _snap_targets()
+_SNAP_COUNT = np.array([len(t) for t in _SNAP])
+_SNAP_TABLE = np.array([t + [t[0]] * (_SNAP_COUNT.max() - len(t)) for t in _SNAP])  # (17, max) padded
 
 
 def corrupt_2d(keypoints: np.ndarray, scores: np.ndarray | None, image_size, rng: np.random.Generator,
@@ -137,7 +139,7 @@ def corrupt_2d(keypoints: np.ndarray, scores: np.ndarray | None, image_size, rng
     drift = np.cumsum(rng.normal(size=(T, 17, 2)) * size * 0.01 * s, axis=0)
     snap = (rng.random((T, 17)) < cfg.snap_prob)[run, cols]
     pick = rng.integers(0, 1 << 30, size=(T, 17))[run, cols]
-    snap_to = np.array([[_SNAP[j][pick[t, j] % len(_SNAP[j])] for j in range(17)] for t in range(T)])
+    snap_to = _SNAP_TABLE[cols, pick % _SNAP_COUNT[cols]]
     wrong_pos = np.where(snap[..., None], np.take_along_axis(kp, snap_to[..., None], axis=1) + drift * 0.5,
                          out + offsets + drift)
     out = np.where(large[..., None], wrong_pos, out)

@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 
 from finephys_core.sequence import load_pose, normalize_screen, root_relative
 from training.corruption import CorruptionConfig, corrupt_2d
+from training.synth_camera import project, random_camera
 
 H36M_REMOVED = (4, 5, 9, 10, 11, 16, 20, 21, 22, 23, 24, 28, 29, 30, 31)
 H36M_KEPT = tuple(i for i in range(32) if i not in H36M_REMOVED)
@@ -305,7 +306,6 @@ class ClipWindows(Dataset):
     def _view(self, clip: Clip, frames: np.ndarray, rng: np.random.Generator):
         """(keypoints px, scores or None, image size, camera-frame joints or None) for the window."""
         if clip.joints_world is not None and (self.camera_aug or clip.joints_cam is None):
-            from training.synth import project, random_camera
             world = clip.joints_world[frames].astype(np.float64)
             K, R, t, size = random_camera(world, rng)
             jc = world @ R.T + t
