@@ -159,6 +159,14 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(setup):
     opt.step()
     after = loss_of(False)
     assert after["loss"] < before["loss"]
+    # checkpoints hold exactly the trained tensors (LoRA + PhysNet) and restore them
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert {k.split(".")[0] for k in state} == {"lora", "physnet"}
+    with torch.no_grad():
+        for p in params:
+            p.add_(1.0)
+    model.load_state_dict(state)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
 def test_run_stage_writes_lora_and_pose_model(tmp_path):
