@@ -33,7 +33,7 @@ class WeightsError(ValueError):
     """A weights file that cannot be used: unreadable, of another kind, or not matching its configs."""
 
 
-@dataclass
+@dataclass(eq=False)
 class PoseModel:
     """Everything LiftICL3D → PhysNetRefine needs.
 
