@@ -40,8 +40,9 @@ def _h36m_files(tmp_path, T=60, detections_layout=None):
     pos2d = {s: {a: [np.concatenate([rng.uniform(100, 900, (T + 3, 17, 2)), rng.uniform(0.2, 1, (T + 3, 17, 1))],
                                     -1).astype(np.float32) for _ in range(4)] for a in acts}
              for s, acts in pos3d.items()}
-    meta = {"layout_name": detections_layout, "num_joints": 17,
-            "keypoints_symmetry": [[1, 3, 5, 7, 9, 11, 13, 15], [2, 4, 6, 8, 10, 12, 14, 16]]}
+    meta = {"num_joints": 17, "keypoints_symmetry": [[4, 5, 6, 11, 12, 13], [1, 2, 3, 14, 15, 16]]}
+    if detections_layout != "gt":  # VideoPose3D's ground-truth 2D file names no layout; detections do
+        meta["layout_name"] = detections_layout
     p2 = tmp_path / f"data_2d_h36m_{detections_layout}.npz"
     np.savez_compressed(p2, positions_2d=pos2d, metadata=meta)
     return p3, p2, pos2d
@@ -80,13 +81,23 @@ def test_h36m_reader_3d_and_projected_2d(tmp_path):
         ds.H36MSource(p3, subjects=("S5",))
 
 
-@pytest.mark.parametrize("layout", ["h36m", "coco"])
+@pytest.mark.parametrize("layout", ["h36m", "coco", "gt"])
 def test_h36m_reader_detections(tmp_path, layout):
     p3, p2, pos2d = _h36m_files(tmp_path, detections_layout=layout)
     src = ds.H36MSource(p3, p2, subjects=("S9",), cameras=(2,))
     clip = next(c for c in src.clips if c.meta["action"] == "Walking")
     raw = pos2d["S9"]["Walking"][2][:60]  # cut to the mocap length
     assert clip.keypoints.shape == (60, 17, 2)
+    if layout == "gt":
+        np.testing.assert_allclose(clip.keypoints, raw[..., :2])
+        assert not clip.detected
+        return
+    assert clip.detected
+    # detections are used as they are: no camera re-view, no extra corruption; 3D stays in that camera
+    item = ds.ClipWindows([src], window=16, corruption=CorruptionConfig(), camera_aug=True)[0]
+    first = src.clips[0]
+    np.testing.assert_allclose(item["pose2d_px"].numpy(), first.keypoints[:16], atol=1e-5)
+    np.testing.assert_allclose(item["pose3d"].numpy(), first.joints_cam[:16] - first.joints_cam[:16, :1], atol=1e-5)
     if layout == "h36m":
         np.testing.assert_allclose(clip.keypoints, raw[..., :2])
         np.testing.assert_allclose(clip.scores, raw[..., 2])

@@ -59,6 +59,7 @@ class Clip:
     joints_cam: np.ndarray | None = None
     joints_world: np.ndarray | None = None
     flight: np.ndarray | None = None
+    detected: bool = False  # 2D from a real detector: kept as is (no corruption, no camera re-view)
     class_id: int = -1
     source: str = ""
     meta: dict = field(default_factory=dict)
@@ -137,7 +138,9 @@ class H36MSource:
     name = "h36m"
 
     def __init__(self, path_3d, path_2d=None, subjects=("S1", "S5", "S6", "S7", "S8"), cameras=(0, 1, 2, 3),
-                 cameras_json: Path = CAMERAS_JSON):
+                 cameras_json: Path = CAMERAS_JSON, detected: bool | None = None):
+        """``detected``: whether the 2D file holds detections (default: its metadata names a layout, which
+        VideoPose3D's detection files do and its ground-truth ``data_2d_h36m_gt.npz`` does not)."""
         with np.load(path_3d, allow_pickle=True) as z:
             pos3d = z["positions_3d"].item()
         pos2d, layout = None, "h36m"
@@ -146,6 +149,8 @@ class H36MSource:
                 pos2d = z["positions_2d"].item()
                 meta = z["metadata"].item() if "metadata" in z.files else {}
             layout = str(meta.get("layout_name", "h36m")).lower()
+            if detected is None:
+                detected = "layout_name" in meta
             if layout not in ("h36m", "coco", "human3.6m"):
                 raise ValueError(f"{path_2d}: 2D layout {layout!r} not supported (h36m or coco)")
         cams = h36m_cameras(cameras_json)
@@ -168,6 +173,7 @@ class H36MSource:
                     self.clips.append(Clip(
                         fps=H36M_FPS, image_size=cam["image_size"], keypoints=kp, scores=sc,
                         joints_cam=jc.astype(np.float32), joints_world=world.astype(np.float32),
+                        detected=bool(detected and pos2d is not None),
                         source=self.name, meta={"subject": subject, "action": action, "camera": cam["id"]}))
 
     @staticmethod
@@ -217,7 +223,8 @@ class FineGymSource:
             with np.load(p, allow_pickle=False) as z:
                 cid = int(z["class_id"]) if "class_id" in z.files else -1
             self.clips.append(Clip(fps=pose.fps, image_size=pose.image_size, keypoints=pose.keypoints,
-                                   scores=pose.scores, class_id=cid, source=self.name, meta={"file": p.name}))
+                                   scores=pose.scores, detected=True, class_id=cid, source=self.name,
+                                   meta={"file": p.name}))
 
 
 # ----------------------------------------------------------------------------- windows
@@ -228,7 +235,8 @@ class ClipWindows(Dataset):
 
     Each item:
         pose2d (W,17,3): 2D normalised by the longer image side (normalize_screen) + score channel;
-            corrupted like a detector when ``corruption`` is set (synthetic/H36M/AMASS; FineGym is real).
+            corrupted like a detector when ``corruption`` is set, unless the clip's 2D already comes from a
+            detector (FineGym, H36M detection files).
         pose2d_px (W,17,2), image_size (2,), pose2d_clean (W,17,3): the uncorrupted normalised 2D.
         pose3d (W,17,3): metres, root-relative, camera frame; zeros when ``has_3d`` is False.
         has_3d (bool), fps (float, after resampling), dt = 1/fps, flight (W,) bool with has_flight,
@@ -239,8 +247,8 @@ class ClipWindows(Dataset):
         window: frames per item; stride: step between window starts (default window // 2).
         fps_resample: target fps; clips are subsampled by the nearest integer stride (never upsampled).
         corruption: a CorruptionConfig to corrupt clean 2D, or None. severity: its strength.
-        camera_aug: re-view clips that have world joints through a fresh random camera each time
-            (synthetic, H36M, AMASS); AMASS always needs it (it has no camera).
+        camera_aug: re-view clips that have world joints and no detections through a fresh random camera
+            each time (synthetic, H36M without a detection file, AMASS); AMASS always needs it (no camera).
         seed: base of the per-item random streams; call ``set_epoch`` to vary them between epochs.
     """
 
@@ -286,7 +294,7 @@ class ClipWindows(Dataset):
         kp, scores, size, j3d = self._view(clip, frames, rng)
         has_3d = j3d is not None
         clean = normalize_screen(kp, np.ones(kp.shape[:2]) if scores is None else scores, size)
-        if self.corruption is not None and clip.source != FineGymSource.name:
+        if self.corruption is not None and not clip.detected:
             kp, scores = corrupt_2d(kp, scores, size, rng, self.severity, fps, self.corruption)
         if scores is None:
             scores = np.ones(kp.shape[:2], np.float32)
@@ -305,7 +313,7 @@ class ClipWindows(Dataset):
 
     def _view(self, clip: Clip, frames: np.ndarray, rng: np.random.Generator):
         """(keypoints px, scores or None, image size, camera-frame joints or None) for the window."""
-        if clip.joints_world is not None and (self.camera_aug or clip.joints_cam is None):
+        if clip.joints_world is not None and not clip.detected and (self.camera_aug or clip.keypoints is None):
             world = clip.joints_world[frames].astype(np.float64)
             K, R, t, size = random_camera(world, rng)
             jc = world @ R.T + t
