@@ -123,6 +123,7 @@ def test_bad_input_exits_with_code_2(tmp_path, capsys, make, message):
 
 def test_sample_regenerates_exactly():
     pytest.importorskip("mujoco")
+    pytest.importorskip("dm_control")
     from training.make_sample import make_clip, sample_arrays
 
     pose2d, gt = sample_arrays(make_clip())
