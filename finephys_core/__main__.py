@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -117,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():   # one clean line per warning, not the source line
+            warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
+            return args.func(args)
     except (ValueError, OSError) as e:  # PoseError, WeightsError, FileNotFoundError, bad options
         if os.environ.get("FINEPHYS_DEBUG"):
             raise
