@@ -3,6 +3,7 @@
     python -m finephys_core refine IN.npz -o OUT.npz [--weights W.safetensors] [--fps F]
                                                      [--fuse-weight W] [--stride S]
     python -m finephys_core detect VIDEO -o POSE2D.npz [--mode balanced] [--model-dir DIR] [--stride N]
+    python -m finephys_core demo [--out output/demo]   (the shipped sample, with preview video and images)
 
 IN.npz (what ``detect`` writes): keypoints (T,17,2) float pixels, scores (T,17) (0 = missing),
 image_size [W,H], layout ('h36m17' or 'coco17'), fps.
@@ -16,7 +17,6 @@ set FINEPHYS_DEBUG=1 to see the traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -26,13 +26,6 @@ from pathlib import Path
 import numpy as np
 
 EXIT_USER_ERROR = 2
-
-
-def _write_npz(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def pose2d_arrays(pose) -> dict:
@@ -55,17 +48,13 @@ def _load_input(path: Path, fps: float | None):
 
 def cmd_refine(args) -> int:
     from .pose_model import default_pose_model, load_pose_model
-    from .refine import refine_pose2d
+    from .refine import refine_pose2d, refined_arrays
+    from .sequence import write_npz
 
     pose2d = _load_input(Path(args.input), args.fps)
     model = load_pose_model(args.weights) if args.weights else default_pose_model()
     res = refine_pose2d(pose2d, model, fuse_weight=args.fuse_weight, frame_stride=args.stride)
-    h36m = pose2d.to_h36m()
-    _write_npz(Path(args.output), {
-        "pose3d_dd": res.dd.joints, "pose3d_pp": res.pp.joints, "pose3d": res.fused.joints,
-        "pose2d_reproj": res.reprojected.keypoints, "scores": h36m.scores,
-        "image_size": np.asarray(h36m.image_size, np.int64), "fps": np.asarray(h36m.fps, np.float64),
-        "layout": np.asarray("h36m17"), "camera": np.asarray(json.dumps(res.fused.camera.to_dict()))})
+    write_npz(args.output, refined_arrays(pose2d, res))
     print(f"refined {pose2d.num_frames} frames → {args.output}"
           f"{'' if model.trained else ' (UNTRAINED weights)'}", file=sys.stderr)
     return 0
@@ -73,6 +62,7 @@ def cmd_refine(args) -> int:
 
 def cmd_detect(args) -> int:
     from .detection import DetectorConfig, detect_video
+    from .sequence import write_npz
 
     config = DetectorConfig(mode=args.mode, model_dir=args.model_dir)
     try:
@@ -86,7 +76,7 @@ def cmd_detect(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    _write_npz(Path(args.output), pose2d_arrays(pose))
+    write_npz(args.output, pose2d_arrays(pose))
     print(f"detected {pose.num_frames} frames → {args.output}", file=sys.stderr)
     return 0
 
@@ -112,10 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--stride", type=int, default=1, help="use every N-th frame")
     d.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     d.set_defaults(func=cmd_detect)
+    sub.add_parser("demo", add_help=False,
+                   help="refine the shipped gymnastics sample and write previews (see demo --help)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        from .demo import main as demo_main
+        return demo_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():   # one clean line per warning, not the source line

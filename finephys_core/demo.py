@@ -19,7 +19,6 @@ pose. User errors print one line on stderr and exit with code 2 (``FINEPHYS_DEBU
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,7 +29,8 @@ import cv2
 import numpy as np
 
 from . import metrics
-from .sequence import Pose2D, Pose3D, PoseError, load_pose
+from .refine import refined_arrays
+from .sequence import Pose2D, Pose3D, PoseError, load_pose, write_npz
 
 DATA = Path(__file__).resolve().parent / "data"
 SAMPLE_2D = DATA / "sample_salto_2d.npz"
@@ -65,24 +65,6 @@ def load_ground_truth(path: str | Path, num_frames: int) -> Pose3D:
         frames = gt.num_frames if isinstance(gt, Pose3D) else "no 3D"
         raise PoseError(f"ground truth {Path(path).name} must be a 3D pose with {num_frames} frames; got {frames}")
     return gt
-
-
-def refined_arrays(pose2d: Pose2D, res) -> dict:
-    """The CLI refine output format for a :class:`refine.RefineResult` of ``pose2d``."""
-    h36m = pose2d.to_h36m()
-    camera = res.fused.camera.to_dict() if res.fused.camera is not None else None
-    return {"pose3d_dd": res.dd.joints, "pose3d_pp": res.pp.joints, "pose3d": res.fused.joints,
-            "pose2d_reproj": res.reprojected.keypoints, "scores": h36m.scores,
-            "image_size": np.asarray(h36m.image_size, np.int64), "fps": np.asarray(h36m.fps, np.float64),
-            "layout": np.asarray("h36m17"), "camera": np.asarray(json.dumps(camera))}
-
-
-def _write_npz(path: Path, arrays: dict) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-    return path
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -256,7 +238,7 @@ def run_demo(input_path: str | Path = SAMPLE_2D, out_dir: str | Path = "output/d
 
     t0 = time.perf_counter()
     res = refine_pose2d(pose2d, model)
-    refined = _write_npz(out_dir / "refined.npz", refined_arrays(pose2d, res))
+    refined = write_npz(out_dir / "refined.npz", refined_arrays(pose2d, res))
     times["refine"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

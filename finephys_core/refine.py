@@ -4,6 +4,7 @@ Numpy poses in, numpy poses out; torch runs without gradients with the models in
 """
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -97,3 +98,14 @@ def refine_pose2d(pose2d: Pose2D, model: PoseModel, fuse_weight: float = 0.5, fr
         fused, reprojected = fuse_poses(dd, pp, pose2d, fuse_weight, camera_model)
         step(1)
     return RefineResult(dd, pp, fused, reprojected)
+
+
+def refined_arrays(pose2d: Pose2D, result: RefineResult) -> dict:
+    """The refine output format (CLI, demo): pose3d_dd, pose3d_pp, pose3d (fused) (T,17,3) metres,
+    pose2d_reproj (T,17,2) px, plus the detected scores (H36M order), image_size, fps, layout, camera JSON."""
+    h36m = pose2d.to_h36m()
+    camera = result.fused.camera.to_dict() if result.fused.camera is not None else None
+    return {"pose3d_dd": result.dd.joints, "pose3d_pp": result.pp.joints, "pose3d": result.fused.joints,
+            "pose2d_reproj": result.reprojected.keypoints, "scores": h36m.scores,
+            "image_size": np.asarray(h36m.image_size, np.int64), "fps": np.asarray(h36m.fps, np.float64),
+            "layout": np.asarray("h36m17"), "camera": np.asarray(json.dumps(camera))}

@@ -165,15 +165,22 @@ def save_pose(pose: Pose2D | Pose3D, path: str | Path) -> Path:
     """Write a pose to ``.npz`` or ``.json`` (chosen by suffix), atomically."""
     path = Path(path)
     payload = pose_to_dict(pose)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".json":
-        tmp.write_text(json.dumps(payload))
-    elif path.suffix == ".npz":
-        with open(tmp, "wb") as f:
-            np.savez(f, **{k: np.asarray(json.dumps(v) if isinstance(v, dict) else v)
-                           for k, v in payload.items()})
-    else:
+    if path.suffix == ".npz":
+        return write_npz(path, {k: json.dumps(v) if isinstance(v, dict) else v for k, v in payload.items()})
+    if path.suffix != ".json":
         raise PoseError(f"pose files are .npz or .json; got {path.name!r}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload))
+    tmp.replace(path)
+    return path
+
+
+def write_npz(path: str | Path, arrays: dict) -> Path:
+    """Write arrays to ``path`` atomically (a temporary file, then a rename): no half-written results."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
     tmp.replace(path)
     return path
 
