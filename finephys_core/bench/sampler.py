@@ -102,7 +102,7 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--cfg", type=float, default=7.5)
     p.add_argument("--size", type=int, default=None, help="square size in px (default 64 tiny, 384 real)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats; medians are reported")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--decode-chunk", type=int, default=8)
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -138,19 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     neg = torch.randn(1, 77, pipe.cross_attention_dim, generator=gen).to(args.device, dtype)
     guidance = Guidance(torch.rand(args.frames, 16, args.size, args.size, generator=gen), (args.size, args.size))
     plain = plain_pipeline(pipe)
-    variants = {"plain": lambda: run_plain(plain, pos, neg, args),
-                "ours_unguided": lambda: run_ours(pipe, pos, neg, None, args),
-                "ours_guided": lambda: run_ours(pipe, pos, neg, guidance, args)}
+    variants = {"plain": lambda a: run_plain(plain, pos, neg, a),
+                "ours_unguided": lambda a: run_ours(pipe, pos, neg, None, a),
+                "ours_guided": lambda a: run_ours(pipe, pos, neg, guidance, a)}
 
     times = {k: [] for k in variants}
     cpu_times = {k: [] for k in variants}
     peaks = {k: 0.0 for k in variants}
     outputs = {}
-    if args.device.type == "cuda":
-        timed(variants["ours_unguided"], args.device)  # warm-up (kernels, allocator)
+    warm_up = argparse.Namespace(**{**vars(args), "steps": 2})
+    for fn in variants.values():  # first calls pay for lazy initialisation, kernels, allocator growth
+        fn(warm_up)
     for r in range(args.repeats):
         for name, fn in variants.items():
-            outputs[name], seconds, cpu_seconds, peak = timed(fn, args.device)
+            outputs[name], seconds, cpu_seconds, peak = timed(lambda: fn(args), args.device)
             times[name].append(seconds)
             cpu_times[name].append(cpu_seconds)
             peaks[name] = max(peaks[name], peak)
