@@ -74,7 +74,10 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"model file not found: {path}")
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError: truncated download, wrong format
+            raise CheckpointError(f"{path.name}: not a readable safetensors file ({exc})") from exc
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickles with arbitrary objects are refused on purpose

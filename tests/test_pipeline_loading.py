@@ -192,6 +192,10 @@ def test_missing_files_raise_file_not_found(tiny, tmp_path):
                                config_dir=pl.TINY_CONFIG_DIR)
     with pytest.raises(FileNotFoundError, match="mm.ckpt"):
         _load(tiny, "mm.ckpt")
+    (tmp_path / "truncated.safetensors").write_bytes(b"\x10\x00\x00\x00not a header")
+    with pytest.raises(pl.CheckpointError, match="truncated.safetensors: not a readable safetensors"):
+        pl.load_video_pipeline(tmp_path / "truncated.safetensors", tiny["dir"] / "mm_sd_v15_v2.ckpt",
+                               config_dir=pl.TINY_CONFIG_DIR)
 
 
 @pytest.mark.parametrize("extra, message", [
