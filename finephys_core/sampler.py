@@ -148,6 +148,9 @@ def sample_video(pipe: "FinePhysVideoPipeline", positive: torch.Tensor, negative
         raise ValueError(f"width and height must be multiples of {scale * 8}; got {width}x{height}")
     if num_frames < 1 or steps < 1:
         raise ValueError(f"num_frames and steps must be >= 1; got {num_frames}, {steps}")
+    max_frames = pipe.unet.config.get("motion_max_seq_length") or num_frames
+    if num_frames > max_frames:
+        raise ValueError(f"this motion module handles at most {max_frames} frames; got {num_frames}")
     device, dtype = pipe.device, pipe.dtype
     text = cfg_text_embeddings(positive, negative, pipe.cross_attention_dim).to(device, dtype)
     shape = (1, pipe.unet.config.in_channels, num_frames, height // scale, width // scale)

@@ -111,7 +111,7 @@ class FinePhysSampler:
                 "height": ("INT", {"default": 384, "min": 64, "max": 2048, "step": 64,
                                    "tooltip": "Frame height in pixels (multiple of 64)."}),
                 "frames": ("INT", {"default": 16, "min": 1, "max": 64,
-                                   "tooltip": "Number of frames (AnimateDiff v2/v3 were trained on 16, max 32)."}),
+                                   "tooltip": "Number of frames (AnimateDiff was trained on 16; v2/v3 handle up to 32, v1 24)."}),
                 "guidance_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
                                                 "tooltip": "Scale of the pose features (0: ignore the skeleton)."}),
             },

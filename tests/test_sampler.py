@@ -160,6 +160,8 @@ def test_heatmaps_are_resampled_to_frames_and_size():
 def test_bad_requests_are_explained(pipe, text, guidance):
     with pytest.raises(ValueError, match="multiples of 64"):
         generate(pipe, text, height=100)
+    with pytest.raises(ValueError, match="at most 32 frames"):
+        generate(pipe, text, num_frames=33)
     with pytest.raises(ValueError, match="no skeletal heatmap encoder"):
         generate(with_encoder(pipe, None), text, guidance)
     with pytest.raises(ValueError, match="heatmap channels"):
