@@ -20,8 +20,11 @@ Choices for the points the paper leaves open (each is a config field where it is
   C(q, q̇) need velocities, which a single pose does not carry. The local head sees its 3-frame window as position,
   velocity and acceleration (finite differences divided by dt, so one network serves 25–60 fps), with the
   derivatives squashed by asinh (linear near 0, logarithmic for the huge second differences of noisy
-  detections). The global head sees every frame's position and central velocity through dilated temporal
-  convolutions plus a clip-mean context vector — global, yet linear in T (no O(T²) attention).
+  detections). The global head sees every frame's position and its velocity and acceleration from a quadratic
+  least-squares fit over ``feature_window`` frames (divided by dt, dt², asinh-squashed) through dilated temporal
+  convolutions plus a clip-mean context vector — global, yet linear in T (no O(T²) attention). Without the
+  smoothed acceleration the heads must learn a 1/dt² product and the curvature of noisy data themselves; on the
+  toy task below they did not within 1000 steps.
 * **State fusion.** g_t + l_t → LayerNorm → Linear → GELU gives h_t; the position-space state used by eq. 17 is
   q_t = P(x)_t + state_scale · W h_t with W zero-initialised: the data-driven pose plus a learned correction (the
   paper's "q_t from fusing q^(g) and q^(l)" kept in metres, so eq. 17 is meaningful from step one). P is a fixed
@@ -97,6 +100,7 @@ class PhysNetConfig:
     accel_scale: float = 20.0       # m/s² per unit of the J and C head outputs
     state_scale: float = 0.05       # metres per unit of the state correction readout
     state_filter: int = 7           # odd window of the quadratic smoother that forms the base state; 1 = raw S_dd
+    feature_window: int = 7         # odd window of the smoothed velocity/acceleration features of the global head
     head_init_std: float = 1e-3     # weight std of the J, C, M, N output layers
     vel_scale: float = 5.0          # m/s: velocity features are asinh(v / vel_scale)
     acc_feature_scale: float = 50.0  # m/s²: acceleration features are asinh(a / acc_feature_scale)
@@ -114,6 +118,8 @@ class PhysNetConfig:
             raise ValueError(f"global_kernel must be odd; got {self.global_kernel}")
         if self.state_filter < 1 or self.state_filter % 2 == 0:
             raise ValueError(f"state_filter must be an odd window >= 1 (1 = no smoothing); got {self.state_filter}")
+        if self.feature_window < 3 or self.feature_window % 2 == 0:
+            raise ValueError(f"feature_window must be an odd window >= 3; got {self.feature_window}")
 
     @property
     def dim(self) -> int:
@@ -244,33 +250,39 @@ def temporal_windows(x: Tensor) -> Tensor:
     return torch.stack([padded[:, 0:T], padded[:, 1:T + 1], padded[:, 2:T + 2]], dim=2)
 
 
-@lru_cache(maxsize=32)
-def _fit_weights(window: int, order: int) -> np.ndarray:
-    """(window, window) float64: row p gives the weights over the window's frames of the least-squares
-    polynomial (degree ``order``) evaluated at frame p of the window."""
+@lru_cache(maxsize=64)
+def _fit_weights(window: int, order: int, deriv: int = 0) -> np.ndarray:
+    """(window, window) float64: row p gives the weights over the window's frames of the ``deriv``-th derivative
+    (per frame step) of the least-squares polynomial of degree ``order``, evaluated at frame p of the window."""
     pos = np.arange(window, dtype=np.float64) - (window - 1) / 2
-    design = pos[:, None] ** np.arange(order + 1)
-    return design @ np.linalg.pinv(design)
+    powers = np.arange(order + 1)
+    design = pos[:, None] ** powers
+    coef = np.array([math.perm(int(k), deriv) for k in powers], dtype=np.float64)
+    basis = coef * pos[:, None] ** np.clip(powers - deriv, 0, None) * (powers >= deriv)
+    return basis @ np.linalg.pinv(design)
 
 
-def quadratic_smooth(x: Tensor, window: int = 7) -> Tensor:
-    """(N,T,D) → (N,T,D): Savitzky–Golay smoothing (degree 2) along T; exact on quadratics in t everywhere.
+def quadratic_smooth(x: Tensor, window: int = 7, deriv: int = 0) -> Tensor:
+    """(N,T,D) → (N,T,D): Savitzky–Golay (degree 2) along T — the smoothed signal, or with ``deriv`` = 1, 2 its
+    first/second derivative per frame step (divide by dt, dt²). Exact on quadratics in t everywhere.
 
     Interior frames use the centred window; the first/last window//2 frames use the fit of the first/last
     ``window`` frames evaluated at their position (no padding); clips shorter than the window use one fit of
     degree min(2, T−1) over the whole clip. Linear in T.
     """
+    if deriv and window < 3:
+        raise ValueError(f"derivatives need a window of at least 3 frames; got {window}")
     T = x.shape[1]
-    if window <= 1 or T == 1:
-        return x
+    if T == 1 or window <= 1:
+        return x if deriv == 0 else torch.zeros_like(x)
     if T < window:
-        w = torch.as_tensor(_fit_weights(T, min(2, T - 1)), dtype=x.dtype, device=x.device)
+        w = torch.as_tensor(_fit_weights(T, min(2, T - 1), deriv), dtype=x.dtype, device=x.device)
         return torch.einsum("ts,nsd->ntd", w, x)
-    w = torch.as_tensor(_fit_weights(window, 2), dtype=x.dtype, device=x.device)
+    w = torch.as_tensor(_fit_weights(window, 2, deriv), dtype=x.dtype, device=x.device)
     half = window // 2
     N, _, D = x.shape
     flat = rearrange(x, "n t d -> (n d) 1 t")
-    mid = rearrange(F.conv1d(flat, w[half].flip(0).view(1, 1, -1)), "(n d) 1 t -> n t d", n=N, d=D)
+    mid = rearrange(F.conv1d(flat, w[half].view(1, 1, -1)), "(n d) 1 t -> n t d", n=N, d=D)
     head = torch.einsum("ts,nsd->ntd", w[:half], x[:, :window])
     tail = torch.einsum("ts,nsd->ntd", w[-half:], x[:, -window:])
     return torch.cat([head, mid, tail], dim=1)
@@ -307,11 +319,11 @@ class TemporalBlock(nn.Module):
 
 
 class GlobalHead(nn.Module):
-    """E^(g): per-frame (position, central velocity) features (N,T,2D) → (N,T,H) over the whole clip."""
+    """E^(g): per-frame (position, velocity, acceleration) features (N,T,3D) → (N,T,H) over the whole clip."""
 
     def __init__(self, cfg: PhysNetConfig):
         super().__init__()
-        self.embed = nn.Linear(2 * cfg.dim, cfg.hidden)
+        self.embed = nn.Linear(3 * cfg.dim, cfg.hidden)
         self.blocks = nn.ModuleList(TemporalBlock(cfg.hidden, cfg.global_kernel, 2 ** i)
                                     for i in range(cfg.global_layers))
         self.context = nn.Linear(cfg.hidden, cfg.hidden)
@@ -377,11 +389,12 @@ class PhysNet(nn.Module):
 
     # --- pieces -------------------------------------------------------------------------------------
     def _features(self, x: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
-        """Global (N,T,2D) and local (N,T,3D) input features of a clip x (N,T,D)."""
+        """Global (N,T,3D) and local (N,T,3D) input features of a clip x (N,T,D)."""
         cfg = self.config
-        pad = torch.cat([x[:, :1], x, x[:, -1:]], dim=1)
-        vel = (pad[:, 2:] - pad[:, :-2]) / (2 * dt.view(-1, 1, 1))
-        glob = torch.cat([x, torch.asinh(vel / cfg.vel_scale)], dim=-1)
+        dt = dt.view(-1, 1, 1)
+        vel = quadratic_smooth(x, cfg.feature_window, 1) / dt
+        acc = quadratic_smooth(x, cfg.feature_window, 2) / dt ** 2
+        glob = torch.cat([x, torch.asinh(vel / cfg.vel_scale), torch.asinh(acc / cfg.acc_feature_scale)], dim=-1)
         return glob, self._local_features(temporal_windows(x), dt)
 
     def _local_features(self, win: Tensor, dt: Tensor) -> Tensor:

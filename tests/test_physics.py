@@ -102,6 +102,9 @@ def test_quadratic_smooth_is_exact_on_parabolas_and_reduces_noise():
         t = torch.arange(T, dtype=torch.float64)[None, :, None]
         x = 0.3 + 1.5 * t - 0.7 * t ** 2 + torch.zeros(2, T, 4, dtype=torch.float64)
         assert torch.allclose(quadratic_smooth(x, 7), x, atol=1e-9), T
+        if T >= 3:
+            assert torch.allclose(quadratic_smooth(x, 7, deriv=1), 1.5 - 1.4 * t.expand_as(x), atol=1e-9), T
+            assert torch.allclose(quadratic_smooth(x, 5, deriv=2), torch.full_like(x, -1.4), atol=1e-9), T
     x = torch.randn(1, 2000, 51, generator=g, dtype=torch.float64)
     y = quadratic_smooth(x, 7)
     assert 0.30 < y[:, 3:-3].var().item() < 0.37           # SG(7,2) centre weights: sum of squares = 1/3
@@ -109,6 +112,8 @@ def test_quadratic_smooth_is_exact_on_parabolas_and_reduces_noise():
     assert torch.equal(quadratic_smooth(x, 1), x)
     with pytest.raises(ValueError, match="state_filter"):
         PhysNetConfig(state_filter=4)
+    with pytest.raises(ValueError, match="feature_window"):
+        PhysNetConfig(feature_window=1)
 
 
 def test_direction_masks_cover_every_frame_and_follow_the_paper():
