@@ -170,13 +170,13 @@ def _cfg(tmp_path, name, **extra) -> Path:
 def test_stage2_and_stage3_smoke(tmp_path, shard_dir):
     from finephys_core.pose_model import load_pose_model
     data = {"synth": {"path": str(shard_dir), "weight": 1.0}}
-    cfg2 = _cfg(tmp_path, "s2.json", data=data, max_steps=3, pool_size=6,
+    cfg2 = _cfg(tmp_path, "s2.json", data=data, max_steps=3, pool_size=6, loss={"dd": 0.5, "bone": 1.0},
                 eval={"data": str(shard_dir), "max_clips": 2})
     report = run_stage_main(["--stage", "2", "--config", str(cfg2), "--out", str(tmp_path / "s2")])
     model = load_pose_model(report["weights"])
     assert model.trained and model.window == 8 and model.prompt_2d.shape[0] == 4
     assert [r["step"] for r in common.read_log(tmp_path / "s2")] == [1, 2, 3]
-    assert {"l3d", "noise", "mpjpe_mm"} <= set(common.read_log(tmp_path / "s2")[0])
+    assert {"l3d", "noise", "mpjpe_mm", "dd", "bone"} <= set(common.read_log(tmp_path / "s2")[0])
     assert set(report["eval"]["targets"]) == {"25", "50"}
     assert np.isfinite(report["eval"]["results"]["25"]["fused"]["mpjpe"])
 
@@ -210,3 +210,15 @@ def test_stage2_resume_matches_straight_run(tmp_path, shard_dir):
     a, _ = common.load_checkpoint(tmp_path / "a" / "ckpt-00000004.safetensors")
     b, _ = common.load_checkpoint(tmp_path / "b" / "ckpt-00000004.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bone_variance_hand_value():
+    from training.stage2 import bone_variance
+    body = torch.from_numpy(_skeleton()).float()
+    clip = body.expand(1, 4, 17, 3).clone()
+    mask = torch.ones(1, 4)
+    assert float(bone_variance(clip, mask)) == pytest.approx(0.0, abs=1e-10)
+    clip[0, 1::2, 3] = clip[0, 1::2, 2] + torch.tensor([0.0, 0.0, -0.63])   # shin 0.43 / 0.63 m alternately
+    assert float(bone_variance(clip, mask)) == pytest.approx(0.1 ** 2, rel=1e-4)   # std 0.1 m on one bone
+    mask[0, 1::2] = 0                                                     # only the rigid frames count
+    assert float(bone_variance(clip, mask)) == pytest.approx(0.0, abs=1e-10)

@@ -7,7 +7,8 @@ and batch size, so the learning rate does not depend on them; the ratio of the t
 Options (config ``loss``), all 0 in the paper's setting:
   ``dd``/``pp``: the same squared error on S_dd and on S_pp alone (keeps each branch a usable pose on its
   own, so "fused vs S_dd" compares two real estimates, not two halves of one);
-  ``velocity``: squared error of frame differences of Ŝ (per dt², i.e. m/s).
+  ``velocity``: squared error of frame differences of Ŝ (per dt², i.e. m/s);
+  ``bone``: Σ over bones of each bone length's variance over time, on S_dd and S_pp (rigid limbs; no labels).
 
 Data (config ``data``): a mixture of sources with weights; each item is a window of ``windows`` × the
 lifter window, its 2D re-viewed by a random camera and corrupted like a detector (training/corruption.py).
@@ -32,8 +33,8 @@ from torch import nn
 from finephys_core.camera import fuse
 from finephys_core.lifting import ICLLifter, LifterConfig
 from finephys_core.physics import PhysNet, PhysNetConfig
-from finephys_core.pose_model import (PoseModel, _prompt_features, build_prompt_bank, load_pose_model,
-                                      mean_prior_from_clips, save_pose_model)
+from finephys_core.pose_model import (PoseModel, build_prompt_bank, load_pose_model, mean_prior_from_clips,
+                                      prompt_features, save_pose_model)
 from finephys_core.skeleton import H36M17
 from training import common
 from training.corruption import CorruptionConfig
@@ -47,7 +48,7 @@ DEFAULTS = {
     "data": {"synth": {"path": "training/data/synth", "weight": 1.0}},
     "corruption": {}, "severity": 1.0, "clean_fraction": 0.1, "flip_prob": 0.5,
     "fuse_weight": 0.5,
-    "loss": {"fused": 1.0, "noise": 1.0, "dd": 0.0, "pp": 0.0, "velocity": 0.0},
+    "loss": {"fused": 1.0, "noise": 1.0, "dd": 0.0, "pp": 0.0, "velocity": 0.0, "bone": 0.0},
     "prompt_bank": 64, "prior_windows": 4000,
     "init": None,                     # a pose model file to start from
     "train": "all",                   # "all": lifter + PhysNet; "physnet": lifter frozen (needs init)
@@ -66,15 +67,13 @@ class PoseStack(nn.Module):
         self.lifter, self.physnet = lifter, physnet
 
     def forward(self, prompt_2d, prompt_3d, query_2d, prior, dt, windows: int, s_dd=None):
-        """query_2d (B, n·W, 17, 3); prompts (B, W, 17, 3); prior (W, 17, 3); dt (B,) → (S_dd, PhysNetOutput).
-        A given ``s_dd`` (B, n·W, 17, 3) skips the lifter (frozen-lifter training)."""
-        if s_dd is not None:
-            return s_dd, self.physnet(s_dd, dt)
-        B = query_2d.shape[0]
-        q = rearrange(query_2d, "b (n w) j c -> (b n) w j c", n=windows)
-        rep = lambda x: x.repeat_interleave(windows, 0)  # noqa: E731
-        s_dd = self.lifter(rep(prompt_2d), rep(prompt_3d), q, prior.expand(B * windows, -1, -1, -1))
-        s_dd = rearrange(s_dd, "(b n) w j c -> b (n w) j c", b=B)
+        """query_2d (B, n·W, 17, 3); prompts (B·n, W, 17, 3), one per lifter window; prior (W, 17, 3); dt (B,)
+        → (S_dd (B, n·W, 17, 3), PhysNetOutput). A given ``s_dd`` skips the lifter (frozen-lifter training)."""
+        if s_dd is None:
+            B = query_2d.shape[0]
+            q = rearrange(query_2d, "b (n w) j c -> (b n) w j c", n=windows)
+            s_dd = self.lifter(prompt_2d, prompt_3d, q, prior.expand(B * windows, -1, -1, -1))
+            s_dd = rearrange(s_dd, "(b n) w j c -> b (n w) j c", b=B)
         return s_dd, self.physnet(s_dd, dt)
 
 
@@ -170,10 +169,11 @@ def augment(batch: dict, rng: np.random.Generator, clean_fraction: float, flip_p
     return batch
 
 
-def nearest_prompts(bank_2d: torch.Tensor, bank_3d: torch.Tensor, query_2d: torch.Tensor):
-    """For each query (B, T, 17, 3) the nearest bank pair (as ``pose_model.choose_prompt``, batched)."""
-    d = torch.cdist(_prompt_features(query_2d), _prompt_features(bank_2d))
-    idx = d.argmin(-1)
+def nearest_prompts(bank_2d: torch.Tensor, bank_3d: torch.Tensor, query_2d: torch.Tensor, windows: int = 1):
+    """For each lifter window of the queries (B, n·W, 17, 3) the nearest bank pair, as inference chooses
+    them (``pose_model.choose_prompts``): (prompt_2d, prompt_3d) each (B·n, W, 17, 3)."""
+    q = rearrange(query_2d, "b (n w) j c -> (b n) w j c", n=windows)
+    idx = torch.cdist(prompt_features(q), prompt_features(bank_2d)).argmin(-1)
     return bank_2d[idx], bank_3d[idx]
 
 
@@ -195,12 +195,23 @@ def prompt_bank_and_prior(ds, probs, size: int, n_windows: int, window: int, see
 
 # ------------------------------------------------------------------------------------------------ losses
 
+def bone_variance(joints: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ over bones of the variance over valid frames of the bone's length, mean over clips (m²).
+    Rigid limbs keep their length: a physical prior that needs no ground truth. joints (B,T,17,3), mask (B,T)."""
+    parents, children = (torch.tensor(v) for v in zip(*H36M17.bones))
+    length = (joints[..., children, :] - joints[..., parents, :]).norm(dim=-1)          # (B, T, 16)
+    m = mask[..., None]
+    n = m.sum(1).clamp_min(1.0)
+    mean = (length * m).sum(1) / n
+    return ((((length - mean[:, None]) ** 2) * m).sum(1) / n).sum(-1).mean()
+
+
 def losses(stack: PoseStack, batch: dict, bank, prior, cfg: dict, windows: int) -> dict[str, torch.Tensor]:
     """Eq. 19 (+ the configured options) on a batch; with ``s_dd`` in the batch the lifter is skipped."""
     if "s_dd" in batch:
         s_dd, out = stack(None, None, None, None, batch["dt"], windows, s_dd=batch["s_dd"])
     else:
-        p2d, p3d = nearest_prompts(bank[0], bank[1], batch["pose2d"])
+        p2d, p3d = nearest_prompts(bank[0], bank[1], batch["pose2d"], windows)
         s_dd, out = stack(p2d, p3d, batch["pose2d"], prior, batch["dt"], windows)
     fused = fuse(s_dd, out.s_pp, cfg["fuse_weight"])
     gt = batch["pose3d"]
@@ -218,6 +229,9 @@ def losses(stack: PoseStack, batch: dict, bank, prior, cfg: dict, windows: int) 
     if w.get("pp"):
         parts["pp"] = sq(out.s_pp)
         loss = loss + w["pp"] * parts["pp"]
+    if w.get("bone"):
+        parts["bone"] = bone_variance(s_dd, mask) + bone_variance(out.s_pp, mask)
+        loss = loss + w["bone"] * parts["bone"]
     if w.get("velocity"):
         dt = batch["dt"][:, None, None, None]
         vm = mask[:, 1:] * mask[:, :-1]
@@ -237,24 +251,36 @@ def lift_pool(model: PoseModel, pool: dict, windows: int, batch: int = 64) -> to
     with torch.no_grad():
         for c in range(0, len(pool["dt"]), batch):
             q = pool["pose2d"][c:c + batch]
-            p2d, p3d = nearest_prompts(model.prompt_2d, model.prompt_3d, q)
-            B = q.shape[0]
-            rep = lambda x: x.repeat_interleave(windows, 0)  # noqa: E731
-            s = stack.lifter(rep(p2d), rep(p3d), rearrange(q, "b (n w) j c -> (b n) w j c", n=windows),
-                             model.mean_prior.expand(B * windows, -1, -1, -1))
-            out.append(rearrange(s, "(b n) w j c -> b (n w) j c", b=B))
+            p2d, p3d = nearest_prompts(model.prompt_2d, model.prompt_3d, q, windows)
+            out.append(stack(p2d, p3d, q, model.mean_prior, pool["dt"][c:c + batch], windows)[0])
     return torch.cat(out)
 
 
 # ------------------------------------------------------------------------------------------------- stage
 
+def load_lifter(path, physnet_config: dict | None = None) -> PoseModel:
+    """The lifter, prompt bank and prior of a pose model file with a NEW PhysNet (``physnet_config``): reads
+    files whose PhysNet tensors no longer match the current PhysNet code."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    lifter = ICLLifter(LifterConfig.from_dict(json.loads(meta["lifter_config"])))
+    lifter.load_state_dict({k[len("lifter."):]: v for k, v in tensors.items() if k.startswith("lifter.")})
+    return PoseModel(lifter, PhysNet(PhysNetConfig.from_dict(physnet_config or {})), tensors["prompt_2d"],
+                     tensors["prompt_3d"], tensors["mean_prior"], json.loads(meta.get("meta", "{}")))
+
+
 def build_models(cfg: dict) -> tuple[ICLLifter, PhysNet, PoseModel | None]:
     """From ``init`` (a pose model; ``fresh_physnet`` replaces its PhysNet by a new one of config
     ``physnet``) or new from the ``lifter`` and ``physnet`` configs."""
+    if cfg.get("init") and cfg.get("fresh_physnet"):
+        m = load_lifter(cfg["init"], cfg["physnet"])
+        return m.lifter, m.physnet, m
     if cfg.get("init"):
         m = load_pose_model(cfg["init"])
-        physnet = PhysNet(PhysNetConfig.from_dict(cfg["physnet"])) if cfg.get("fresh_physnet") else m.physnet
-        return m.lifter, physnet, m
+        return m.lifter, m.physnet, m
     if cfg["train"] != "all":
         raise ValueError("train='physnet' needs init=<a trained pose model> for its lifter")
     return ICLLifter(LifterConfig.from_dict(cfg["lifter"])), PhysNet(PhysNetConfig.from_dict(cfg["physnet"])), None

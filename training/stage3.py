@@ -6,7 +6,8 @@ P is the weak-perspective camera fitted in closed form to the detected 2D, weigh
 (``camera.fit_camera``; differentiable, so gradients reach Ŝ through the fit too). Each joint's squared error
 is weighted by its score (a missed joint, score 0, has no target), and measured in metres at the body — the
 2D error divided by the fitted scale (pixels per metre, detached) — so the two terms keep the ratio they
-have in stage 2. Sums over frames are averaged as in stage 2.
+have in stage 2. Sums over frames are averaged as in stage 2. Option ``loss.bone``: the rigid-limb prior of
+stage 2 on S_pp.
 
 Data: FineGym-format clips with DetectPose2D detections (``data.finegym``), or as a stand-in synthetic clips
 whose 2D goes through the detector-noise model and whose 3D is never read. The lifter is frozen, so S_dd of
@@ -32,7 +33,7 @@ DEFAULTS = {
     "init": None,                     # the stage-2 pose model file (required)
     "data": {"synth": {"path": "training/data/synth", "weight": 1.0}},
     "corruption": {}, "severity": 1.0, "fuse_weight": 0.5,
-    "loss": {"reproj": 1.0, "noise": 1.0},
+    "loss": {"reproj": 1.0, "noise": 1.0, "bone": 0.0},
     "eval": {"data": None, "max_clips": 24},
     "output": "pose_model.safetensors",
     "stop_after": None,               # end after that many steps of this call (a simulated kill, for tests)
@@ -64,6 +65,9 @@ def reprojection_losses(physnet, batch: dict, cfg: dict) -> dict[str, torch.Tens
     frames = batch["valid"].float().sum().clamp_min(1.0)
     parts = {"l2d": (err.sum(-1) * score).sum() / frames, "noise": out.noise_loss / s_dd.shape[1]}
     loss = cfg["loss"]["reproj"] * parts["l2d"] + cfg["loss"]["noise"] * parts["noise"]
+    if cfg["loss"].get("bone"):  # option: rigid limbs (stage2.bone_variance), no labels needed
+        parts["bone"] = stage2.bone_variance(out.s_pp, batch["valid"].float())
+        loss = loss + cfg["loss"]["bone"] * parts["bone"]
     return {"loss": loss, **parts}
 
 
