@@ -46,12 +46,12 @@ from finephys_core import lora as lora_lib
 from finephys_core import pipeline_loading as pl
 from finephys_core.camera import fit_camera, fuse, project
 from finephys_core.heatmaps import CUTOFF_SIGMAS, MIN_SCORE, default_sigma
-from finephys_core.lifting import lift_windows
-from finephys_core.pose_model import choose_prompt, load_pose_model, random_pose_model, save_pose_model
+from finephys_core.pose_model import load_pose_model, random_pose_model, save_pose_model
 from finephys_core.prompts import gym_prompt
 from finephys_core.render import fit_frames, fit_keypoints
 from finephys_core.sampler import pose_injection
-from finephys_core.sequence import load_pose, normalize_screen
+from finephys_core.refine import lift_pose
+from finephys_core.sequence import load_pose
 from finephys_core.skeleton import H36M17
 from training import common, stage1
 
@@ -153,11 +153,10 @@ class FineGymVideoClips:
                 class_id = int(z["class_id"]) if "class_id" in z.files else None
             if class_id is None:
                 raise ValueError(f"{npz.name}: no class_id entry (Gym99 ids 6–40)")
-            norm = normalize_screen(pose.keypoints, pose.scores, pose.image_size)
-            self.clips.append({"name": npz.stem, "video": _video_for(npz), "pose2d": norm, "fps": pose.fps,
-                               "image_size": tuple(pose.image_size), "class_id": class_id,
-                               "prompt": gym_prompt(class_id, extended_prompts),
-                               "s_dd": lift_clip(pose_model, norm)})
+            s_dd = torch.from_numpy(lift_pose(pose, pose_model).joints)     # frozen lifter, as at inference
+            self.clips.append({"name": npz.stem, "video": _video_for(npz), "pose2d": pose.normalized(),
+                               "fps": pose.fps, "image_size": tuple(pose.image_size), "class_id": class_id,
+                               "prompt": gym_prompt(class_id, extended_prompts), "s_dd": s_dd})
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -193,13 +192,6 @@ class FineGymVideoClips:
         out["image_size"] = [it["image_size"] for it in items]
         out["prompt"] = [it["prompt"] for it in items]
         return out
-
-
-@torch.no_grad()
-def lift_clip(pose_model, pose2d_normalized: np.ndarray) -> torch.Tensor:
-    """S_dd (T, 17, 3) of a whole clip with the frozen in-context lifter (nearest prompt, windowed)."""
-    q = torch.from_numpy(pose2d_normalized)
-    return lift_windows(pose_model.lifter, q, choose_prompt(pose_model, q), pose_model.mean_prior)
 
 
 # ------------------------------------------------------------------------------------ poses → heatmaps
