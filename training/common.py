@@ -307,3 +307,20 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 def read_log(out_dir: str | Path) -> list[dict]:
     p = Path(out_dir) / "losses.jsonl"
     return [json.loads(ln) for ln in p.read_text().splitlines() if ln] if p.exists() else []
+
+
+def merge_config_strict(defaults: dict, config: dict, stage: str) -> dict:
+    """:func:`merge_config` with every section merged (none replaced whole), after checking that ``config``
+    names only entries ``defaults`` has: a typo is a ValueError naming the stage and the known entries."""
+    for key, value in config.items():
+        if key not in defaults:
+            raise ValueError(f"unknown stage {stage} config entry {key!r}; known: {sorted(defaults)}")
+        if isinstance(defaults[key], dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"stage {stage} config entry {key!r} is a section of "
+                                 f"{sorted(defaults[key])}; got {type(value).__name__} {value!r}")
+            unknown = set(value) - set(defaults[key])
+            if unknown:
+                raise ValueError(f"unknown stage {stage} config entries {key}.{sorted(unknown)}; "
+                                 f"known: {sorted(defaults[key])}")
+    return merge_config(defaults, config, replace=())
