@@ -196,3 +196,19 @@ def test_gym99_prompts():
     assert "two complete turns" in gym_prompt(20)
     with pytest.raises(KeyError, match="FX-JUMP 6–16"):
         gym_prompt(5)
+
+
+def test_config_file_and_typos():
+    from pathlib import Path
+    cfg = json.loads((Path(__file__).resolve().parents[1] / "training" / "configs" / "stage4.json").read_text())
+    merged = stage4.merge_config(cfg)
+    assert merged["max_steps"] == 8000 and merged["model"]["motion_version"] == "v2"
+    partial = stage4.merge_config({"lora": {"rank": 8}, "data": {"frames": 8}})   # sections merge, not replace
+    assert partial["lora"] == {**stage4.DEFAULTS["lora"], "rank": 8} and partial["data"]["resolution"] == 384
+    assert stage4.DEFAULTS["lora"]["rank"] == 64 and stage4.DEFAULTS["data"]["frames"] == 16   # untouched
+    with pytest.raises(ValueError, match=r"unknown stage 4 config entries lora\.\['rnak'\]"):
+        stage4.merge_config({"lora": {"rnak": 8}})
+    with pytest.raises(ValueError, match="unknown stage 4 config entry 'lorra'"):
+        stage4.merge_config({"lorra": {}})
+    with pytest.raises(ValueError, match="is a section"):
+        stage4.merge_config({"lora": 64})

@@ -16,7 +16,6 @@ the UNet stays frozen.
 """
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,19 +55,8 @@ DEFAULTS = {
 
 
 def merge_config(config: dict) -> dict:
-    """DEFAULTS updated section by section with ``config`` (unknown sections are an error, to catch typos)."""
-    out = copy.deepcopy(DEFAULTS)
-    for key, value in config.items():
-        if key not in out:
-            raise ValueError(f"unknown stage 1 config entry {key!r}; known: {sorted(out)}")
-        if isinstance(out[key], dict):
-            unknown = set(value) - set(out[key])
-            if unknown:
-                raise ValueError(f"unknown stage 1 config entries {key}.{sorted(unknown)}; known: {sorted(out[key])}")
-            out[key].update(value)
-        else:
-            out[key] = value
-    return out
+    """DEFAULTS updated section by section with ``config`` (unknown entries are an error, to catch typos)."""
+    return common.merge_config_strict(DEFAULTS, config, "1")
 
 
 def _path(p) -> Path:

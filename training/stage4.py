@@ -29,7 +29,6 @@ with a ``class_id`` entry, Gym99 ids 6–40) + ``<clip>.mp4`` (any video OpenCV 
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 from contextlib import contextmanager
@@ -81,19 +80,8 @@ DEFAULTS = {
 
 
 def merge_config(config: dict) -> dict:
-    """DEFAULTS updated section by section (unknown entries are an error, to catch typos)."""
-    out = copy.deepcopy(DEFAULTS)
-    for key, value in config.items():
-        if key not in out:
-            raise ValueError(f"unknown stage 4 config entry {key!r}; known: {sorted(out)}")
-        if isinstance(out[key], dict):
-            unknown = set(value) - set(out[key])
-            if unknown:
-                raise ValueError(f"unknown stage 4 config entries {key}.{sorted(unknown)}")
-            out[key].update(value)
-        else:
-            out[key] = value
-    return out
+    """DEFAULTS updated section by section with ``config`` (unknown entries are an error, to catch typos)."""
+    return common.merge_config_strict(DEFAULTS, config, "4")
 
 
 # ---------------------------------------------------------------------------------------------- data
