@@ -12,6 +12,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from einops import rearrange
@@ -127,14 +128,13 @@ class SkeletonEncoder(nn.Module):
 
 
 @contextmanager
-def unet2d_injection(unet: nn.Module, features: list[torch.Tensor]):
-    """While active, a diffusers ``UNet2DConditionModel``'s down block i outputs ``out + features[i]`` after its
-    last resnet+attention (the point ``sampler.pose_injection`` uses in the motion UNet, skip included), so
-    an encoder trained on images (stage 1) feeds the video UNet unchanged. features: (N, c_i, h_i, w_i)."""
-    blocks = unet.down_blocks
-    if len(features) != len(blocks):
+def add_features_after(modules: Sequence[nn.Module], features: Sequence[torch.Tensor], scale: float = 1.0):
+    """While active, ``modules[i]`` outputs ``out + scale · features[i]`` (the first element when it returns a
+    tuple). Each UNet adds the encoder's features through this, hooking the last layer of its down block i
+    (:func:`unet2d_injection`, ``sampler.pose_injection``). features: (N, c_i, h_i, w_i), one per module."""
+    if len(features) != len(modules):
         raise ValueError(f"the skeleton encoder gives {len(features)} feature maps but the UNet has "
-                         f"{len(blocks)} down blocks")
+                         f"{len(modules)} down blocks")
 
     def hook_for(i: int, feat: torch.Tensor):
         def hook(module, args, out):
@@ -145,13 +145,21 @@ def unet2d_injection(unet: nn.Module, features: list[torch.Tensor]):
             return (hidden + feat, *out[1:]) if isinstance(out, tuple) else hidden + feat
         return hook
 
-    targets = [b.attentions[-1] if getattr(b, "attentions", None) else b.resnets[-1] for b in blocks]
-    handles = [t.register_forward_hook(hook_for(i, f)) for i, (t, f) in enumerate(zip(targets, features))]
+    features = features if scale == 1.0 else [scale * f for f in features]
+    handles = [m.register_forward_hook(hook_for(i, f)) for i, (m, f) in enumerate(zip(modules, features))]
     try:
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+def unet2d_injection(unet: nn.Module, features: Sequence[torch.Tensor]):
+    """Context manager: a diffusers ``UNet2DConditionModel``'s down block i outputs ``out + features[i]`` after
+    its last resnet+attention (the point ``sampler.pose_injection`` uses in the motion UNet, skip included), so
+    an encoder trained on images (stage 1) feeds the video UNet unchanged. features: (N, c_i, h_i, w_i)."""
+    return add_features_after([b.attentions[-1] if getattr(b, "attentions", None) else b.resnets[-1]
+                               for b in unet.down_blocks], features)
 
 
 def save_skeleton_encoder(encoder: SkeletonEncoder, path: str | Path) -> Path:
@@ -207,5 +215,5 @@ def load_skeleton_encoder(path: str | Path, device="cpu", dtype: torch.dtype | N
     return encoder.to(device=device, dtype=dtype) if dtype is not None else encoder.to(device)
 
 
-__all__ = ["KIND", "SD15_CHANNELS", "SkeletonEncoder", "SkeletonEncoderConfig", "load_skeleton_encoder",
-           "read_encoder_config", "save_skeleton_encoder", "unet2d_injection"]
+__all__ = ["KIND", "SD15_CHANNELS", "SkeletonEncoder", "SkeletonEncoderConfig", "add_features_after",
+           "load_skeleton_encoder", "read_encoder_config", "save_skeleton_encoder", "unet2d_injection"]

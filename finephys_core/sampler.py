@@ -8,12 +8,13 @@ the same arithmetic as diffusers' AnimateDiffPipeline, so without guidance both 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+
+from .heatmap_encoder import add_features_after
 
 if TYPE_CHECKING:
     from .heatmaps import Guidance
@@ -64,29 +65,10 @@ def pose_features(encoder: torch.nn.Module, heatmaps: torch.Tensor, frames: int,
     return [strength * f for f in encoder(maps.to(param.dtype))]
 
 
-@contextmanager
-def pose_injection(unet: torch.nn.Module, features: list[torch.Tensor]) -> Iterator[None]:
-    """While active, down block i of ``unet`` outputs ``out + features[i]`` (features (B·F, c_i, h_i, w_i))."""
-    blocks = unet.down_blocks
-    if len(features) != len(blocks):
-        raise ValueError(f"the pose encoder gives {len(features)} feature maps but the UNet has "
-                         f"{len(blocks)} down blocks")
-
-    def hook_for(i: int, feat: torch.Tensor):
-        def hook(module, args, out):
-            if out.shape != feat.shape:
-                raise ValueError(f"pose feature {i} has shape {tuple(feat.shape)} but down block {i} outputs "
-                                 f"{tuple(out.shape)}: encoder channels/size do not match the UNet")
-            return out + feat
-        return hook
-
-    handles = [b.motion_modules[-1].register_forward_hook(hook_for(i, f)) for i, (b, f) in
-               enumerate(zip(blocks, features))]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+def pose_injection(unet: torch.nn.Module, features: list[torch.Tensor]):
+    """Context manager: down block i of the motion ``unet`` outputs ``out + features[i]`` (features
+    (B·F, c_i, h_i, w_i)), added after the block's last motion module."""
+    return add_features_after([b.motion_modules[-1] for b in unet.down_blocks], features)
 
 
 def initial_noise(seed: int, shape: tuple[int, ...], device, dtype) -> torch.Tensor:

@@ -204,3 +204,30 @@ def test_encoder_save_load_round_trip_and_errors(tmp_path):
         load_skeleton_encoder(tmp_path / "bad.safetensors")
     with pytest.raises(FileNotFoundError):
         load_skeleton_encoder(tmp_path / "none.safetensors")
+
+
+def test_add_features_after_tensor_and_tuple_outputs_scale_and_cleanup():
+    from finephys_core.heatmap_encoder import add_features_after
+
+    class Pair(torch.nn.Module):                   # returns a tuple, as diffusers' attention blocks do
+        def forward(self, x):
+            return x * 2, x
+
+    plain, pair = torch.nn.Conv2d(2, 2, 1), Pair()
+    x = torch.randn(1, 2, 4, 4)
+    feats = [torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 4)]
+    with torch.no_grad():
+        ref_plain, ref_pair = plain(x), pair(x)
+        with add_features_after([plain, pair], feats):
+            assert torch.equal(plain(x), ref_plain + feats[0])
+            out = pair(x)
+            assert torch.equal(out[0], ref_pair[0] + feats[1]) and torch.equal(out[1], ref_pair[1])
+        with add_features_after([plain, pair], feats, scale=0.5):
+            assert torch.equal(plain(x), ref_plain + 0.5 * feats[0])
+        assert not plain._forward_hooks and not pair._forward_hooks and torch.equal(plain(x), ref_plain)
+    with pytest.raises(ValueError, match="gives 1 feature maps but the UNet has 2 down blocks"):
+        with add_features_after([plain, pair], feats[:1]):
+            pass
+    with pytest.raises(ValueError, match="down block 1"), add_features_after([plain, pair], [feats[0], x[:, :1]]):
+        pair(x)
+    assert not pair._forward_hooks
