@@ -222,3 +222,17 @@ def test_bone_variance_hand_value():
     assert float(bone_variance(clip, mask)) == pytest.approx(0.1 ** 2, rel=1e-4)   # std 0.1 m on one bone
     mask[0, 1::2] = 0                                                     # only the rigid frames count
     assert float(bone_variance(clip, mask)) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_physics_bench_last_line_is_json(tmp_path, capsys):
+    from finephys_core.bench import physics as bench
+    from finephys_core.lifting import LifterConfig
+    from finephys_core.physics import PhysNetConfig
+    from finephys_core.pose_model import random_pose_model, save_pose_model
+    weights = save_pose_model(random_pose_model(LifterConfig(**TINY["lifter"]), PhysNetConfig(**TINY["physnet"])),
+                              tmp_path / "tiny.safetensors")
+    assert bench.main(["--weights", str(weights), "--max-clips", "1"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(last["results"]) == {"25", "50"}
+    assert set(last["results"]["25"]) == set(bench.METHODS) | {"gt", "clips"}
+    assert last["results"]["25"]["gt"]["bone_std"] < 5.0        # physics-exact ground truth is near rigid

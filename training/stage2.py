@@ -327,6 +327,7 @@ def run(config: dict, args) -> dict:
         params = physnet.parameters()
         if "s_dd" not in pool:
             pool["s_dd"] = lift_pool(PoseModel(lifter, physnet, bank_2d, bank_3d, prior), pool, n)
+            common.atomic_torch_save(cache, pool)
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
 
     def step_fn(step: int, ctx: common.TrainContext):
