@@ -23,7 +23,7 @@ from .skeleton import H36M17, Layout
 
 MIN_SCORE = 1e-4
 CUTOFF_SIGMAS = 3.0
-_CHUNK_ELEMENTS = 1 << 21  # ~8 MB per float32 intermediate: bounds memory for long clips at 384²
+_CHUNK_ELEMENTS = 1 << 19  # 2 MiB per float32 intermediate (two 384² maps): cache-sized, bounded memory
 
 
 def default_sigma(out_size: tuple[int, int]) -> float:
@@ -47,18 +47,18 @@ def _prepare(keypoints, scores, image_size, out_size, fit):
 
 
 def _gaussian_of_distance(d2: torch.Tensor, height: torch.Tensor, sigma: float) -> torch.Tensor:
-    """height · exp(−d²/2σ²), zero beyond 3σ or where the height is below MIN_SCORE; d2 is overwritten.
-    height broadcasts against d2."""
+    """height · exp(−d²/2σ²), zero beyond 3σ or where the height is below MIN_SCORE; height broadcasts
+    against d2. In place only where autograd keeps nothing, so gradients reach the keypoints (stage 4)."""
     outside = d2 > (CUTOFF_SIGMAS * sigma) ** 2
-    value = d2.mul_(-0.5 / sigma ** 2).exp_().mul_(torch.where(height >= MIN_SCORE, height, 0.0))
+    value = torch.mul(d2, -0.5 / sigma ** 2).exp_().mul(torch.where(height >= MIN_SCORE, height, 0.0))
     return value.masked_fill_(outside, 0.0)
 
 
 def _segment_maps(a: torch.Tensor, b: torch.Tensor, height: torch.Tensor, out_size, sigma: float) -> torch.Tensor:
     """a, b (N, K, 2) map px, height (N, K) → (N, K, h, w); distances separable over the pixel grid."""
     h, w = out_size
-    gx = torch.arange(w, dtype=a.dtype) + 0.5
-    gy = torch.arange(h, dtype=a.dtype) + 0.5
+    gx = torch.arange(w, dtype=a.dtype, device=a.device) + 0.5
+    gy = torch.arange(h, dtype=a.dtype, device=a.device) + 0.5
     ab = b - a                                           # (N, K, 2)
     len2 = (ab ** 2).sum(-1)
     inv = torch.where(len2 > 1e-12, 1.0 / len2.clamp_min(1e-12), torch.zeros_like(len2))  # point: d to a
@@ -66,14 +66,23 @@ def _segment_maps(a: torch.Tensor, b: torch.Tensor, height: torch.Tensor, out_si
     py = (gy - a[..., 1, None])[..., :, None]            # (N, K, h, 1)
     abx, aby = ab[..., 0, None, None], ab[..., 1, None, None]
     t = torch.add(px * (abx * inv[..., None, None]), py * (aby * inv[..., None, None])).clamp_(0, 1)
-    dx = torch.mul(t, abx).neg_().add_(px).square_()     # (px − t·abx)²
-    d2 = t.mul_(aby).neg_().add_(py).square_().add_(dx)  # + (py − t·aby)², reusing t's memory
+    dx = torch.mul(t, abx).neg_().add_(px)               # px − t·abx
+    dy = torch.mul(t, aby).neg_().add_(py)
+    d2 = (dx * dx).add_(dy * dy)
     return _gaussian_of_distance(d2, height[..., None, None], sigma)
 
 
-def _chunked(fn, n: int, per_item: int, *tensors) -> torch.Tensor:
-    step = max(1, _CHUNK_ELEMENTS // max(per_item, 1))
-    return torch.cat([fn(*(x[i:i + step] for x in tensors)) for i in range(0, n, step)])
+def _segment_maps_chunked(a: torch.Tensor, b: torch.Tensor, height: torch.Tensor, out_size,
+                          sigma: float) -> torch.Tensor:
+    """:func:`_segment_maps` a few segments at a time: intermediates stay cache-sized (so the out-of-place ops
+    autograd needs cost no more than in-place ones on whole frames) and long clips need little memory."""
+    N, K = height.shape
+    h, w = out_size
+    step = max(1, _CHUNK_ELEMENTS // (h * w))
+    a, b, height = a.reshape(-1, 1, 2), b.reshape(-1, 1, 2), height.reshape(-1, 1)
+    maps = [_segment_maps(a[i:i + step], b[i:i + step], height[i:i + step], out_size, sigma)
+            for i in range(0, N * K, step)]
+    return torch.cat(maps).reshape(N, K, h, w) if maps else a.new_zeros(N, K, h, w)
 
 
 def limb_heatmaps(keypoints, scores, image_size: tuple[int, int], out_size: tuple[int, int],
@@ -88,7 +97,8 @@ def limb_heatmaps(keypoints, scores, image_size: tuple[int, int], out_size: tupl
         sigma: Gaussian σ in map pixels; None → :func:`default_sigma`.
         fit: framing of the image into the map (see :func:`.render.fit_transform`).
     Returns:
-        (T, L, h, w) float32 in [0, 1].
+        (T, L, h, w) float32 in [0, 1], on the keypoints' device; differentiable with respect to torch
+        keypoints (stage 4 trains PhysNet through these maps).
     """
     h, w = (int(v) for v in out_size)
     sigma = default_sigma((h, w)) if not sigma else float(sigma)
@@ -97,8 +107,7 @@ def limb_heatmaps(keypoints, scores, image_size: tuple[int, int], out_size: tupl
         raise PoseError(f"layout {layout.name} has {layout.num_joints} joints; keypoints have {kp.shape[1]}")
     pa, pb = (list(x) for x in zip(*layout.bones))
     height = torch.minimum(sc[:, pa], sc[:, pb])
-    maps = _chunked(lambda a, b, s: _segment_maps(a, b, s, (h, w), sigma), kp.shape[0], len(pa) * h * w,
-                    kp[:, pa], kp[:, pb], height)
+    maps = _segment_maps_chunked(kp[:, pa], kp[:, pb], height, (h, w), sigma)
     return _merge_people(maps, people)
 
 
@@ -109,7 +118,7 @@ def joint_heatmaps(keypoints, scores, image_size: tuple[int, int], out_size: tup
     h, w = (int(v) for v in out_size)
     sigma = default_sigma((h, w)) if not sigma else float(sigma)
     kp, sc, people = _prepare(keypoints, scores, image_size, (h, w), fit)
-    maps = _chunked(lambda a, s: _segment_maps(a, a, s, (h, w), sigma), kp.shape[0], kp.shape[1] * h * w, kp, sc)
+    maps = _segment_maps_chunked(kp, kp, sc, (h, w), sigma)
     return _merge_people(maps, people)
 
 

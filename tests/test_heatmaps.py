@@ -57,6 +57,36 @@ def test_diagonal_bone_and_degenerate_bone():
     assert point[21, 22].item() == pytest.approx(gauss(math.hypot(2.5, 1.5)), rel=1e-5)
 
 
+
+def test_gradient_reaches_the_keypoints_and_matches_finite_differences():
+    # Horizontal bone y = 20 from x = 10 to x = 50; pixel (30.5, 22.5) lies 2.5 below it at t = 20.5 / 40, so
+    # d value / d y_a = value · 2.5 / σ² · (1 − t) and d value / d y_b = value · 2.5 / σ² · t.
+    kp = torch.tensor([[[10.0, 20.0], [50.0, 20.0]]], requires_grad=True)
+    m = hm.limb_heatmaps(kp, torch.ones(1, 2), (64, 64), (64, 64), sigma=2.0, layout=BONE)
+    assert torch.equal(m.detach(), one_bone((10, 20), (50, 20)).reshape(1, 1, 64, 64))   # same values
+    m[0, 0, 22, 30].backward()
+    slope, t = gauss(2.5) * 2.5 / 4.0, 20.5 / 40
+    assert kp.grad[0, :, 1].tolist() == pytest.approx([slope * (1 - t), slope * t], rel=1e-4)
+    assert kp.grad[0, :, 0].abs().max() < 1e-6                                       # along the bone: no change
+    # A whole skeleton, a weighted sum (σ so wide that the 3σ cut, a step, lies outside the map): autograd
+    # agrees with central differences.
+    rng = np.random.default_rng(3)
+    pts = torch.tensor(rng.uniform(16, 48, (2, 17, 2)), dtype=torch.float32)
+    weights = torch.rand(2, 16, 64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def loss(k):
+        maps = hm.limb_heatmaps(k, torch.full((2, 17), 0.9), (64, 64), (64, 64), sigma=32.0)
+        return (maps.double() * weights).sum()
+
+    k = pts.clone().requires_grad_(True)
+    loss(k).backward()
+    assert torch.isfinite(k.grad).all() and k.grad.abs().sum() > 0
+    for f, j, c in [(0, 0, 0), (0, 5, 1), (1, 16, 0), (1, 10, 1)]:
+        step = torch.zeros_like(pts)
+        step[f, j, c] = 0.05
+        numeric = (loss(pts + step) - loss(pts - step)).item() / 0.1
+        assert k.grad[f, j, c].item() == pytest.approx(numeric, rel=0.01, abs=1e-3)
+
 def test_map_scaling_stretch_and_default_sigma():
     # Image 640x320 → map 64x64: x scaled by 0.1, y by 0.2. Bone from (100, 100) to (500, 100) → y = 20 in map.
     kp = np.array([[[100, 100], [500, 100]]], np.float32)

@@ -7,7 +7,7 @@ per step, for a 16-frame 384² clip with its detected 2D poses and Gym99 class p
 1. S_dd: the frozen lifter's 3D of the detections (computed once per clip); PhysNet (trained) gives S_pp;
    Ŝ = F(S_dd, S_pp); the projection P is the weak-perspective camera fitted in closed form to the
    detections (``camera.fit_camera``, differentiable, no parameters of its own) → reprojected 2D.
-2. Limb heatmaps of the reprojected 2D (a differentiable version of ``heatmaps.limb_heatmaps``) → the frozen
+2. Limb heatmaps of the reprojected 2D (``heatmaps.limb_heatmaps``, differentiable) → the frozen
    skeletal heatmap encoder (stage 1) → features added after each down block of the motion UNet, exactly
    as FinePhysSampler adds them (``sampler.pose_injection``). So the video loss trains PhysNet end to end.
 3. z_t = noisy VAE latents; L_temp: ε-MSE of the motion UNet on the whole clip (eq. 22); L_ad-temp: the same
@@ -44,10 +44,10 @@ from einops import rearrange
 from finephys_core import lora as lora_lib
 from finephys_core import pipeline_loading as pl
 from finephys_core.camera import fit_camera, fuse, project
-from finephys_core.heatmaps import CUTOFF_SIGMAS, MIN_SCORE, default_sigma
+from finephys_core.heatmaps import limb_heatmaps
 from finephys_core.pose_model import load_pose_model, random_pose_model, save_pose_model
 from finephys_core.prompts import gym_prompt
-from finephys_core.render import fit_frames, fit_keypoints
+from finephys_core.render import fit_frames
 from finephys_core.sampler import pose_injection
 from finephys_core.refine import lift_pose
 from finephys_core.sequence import load_pose
@@ -185,31 +185,6 @@ class FineGymVideoClips:
 # ------------------------------------------------------------------------------------ poses → heatmaps
 
 
-def limb_heatmaps_differentiable(keypoints: torch.Tensor, scores: torch.Tensor, image_size, out_size,
-                                 sigma: float | None = None, fit: str = "crop") -> torch.Tensor:
-    """``heatmaps.limb_heatmaps`` for one person, out of place so gradients reach the keypoints.
-
-    keypoints (N, 17, 2) image px, scores (N, 17) → (N, 16, h, w). Same values as ``limb_heatmaps``.
-    """
-    h, w = out_size
-    sigma = float(sigma) if sigma else default_sigma((h, w))
-    kp = fit_keypoints(keypoints, image_size, (h, w), fit)
-    pa, pb = (list(x) for x in zip(*H36M17.bones))
-    a, b = kp[:, pa], kp[:, pb]                                                 # (N, L, 2)
-    height = torch.minimum(scores[:, pa], scores[:, pb])
-    height = torch.where(height >= MIN_SCORE, height, torch.zeros_like(height))[..., None, None]
-    ab = b - a
-    len2 = (ab ** 2).sum(-1)
-    inv = torch.where(len2 > 1e-12, 1.0 / len2.clamp_min(1e-12), torch.zeros_like(len2))[..., None, None]
-    px = (torch.arange(w, dtype=kp.dtype, device=kp.device) + 0.5 - a[..., 0, None])[..., None, :]
-    py = (torch.arange(h, dtype=kp.dtype, device=kp.device) + 0.5 - a[..., 1, None])[..., :, None]
-    abx, aby = ab[..., 0, None, None], ab[..., 1, None, None]
-    t = ((px * abx + py * aby) * inv).clamp(0, 1)
-    d2 = (px - t * abx) ** 2 + (py - t * aby) ** 2
-    value = height * torch.exp(-0.5 * d2 / sigma ** 2)
-    return torch.where(d2 > (CUTOFF_SIGMAS * sigma) ** 2, torch.zeros_like(value), value)
-
-
 def reprojected_heatmaps(physnet, batch: dict, out_size, fuse_weight: float = 0.5, sigma: float | None = None,
                          fit: str = "crop") -> tuple[torch.Tensor, torch.Tensor]:
     """PhysNet → fuse → fitted projection → limb heatmaps. Returns ((B·F, 16, h, w), L_noise)."""
@@ -221,7 +196,7 @@ def reprojected_heatmaps(physnet, batch: dict, out_size, fuse_weight: float = 0.
     maps = []
     for b, (W, H) in enumerate(batch["image_size"]):
         px = reproj[b] * (max(W, H) / 2.0) + reproj.new_tensor([W / 2.0, H / 2.0])   # denormalize_screen
-        maps.append(limb_heatmaps_differentiable(px, score[b], (W, H), out_size, sigma, fit))
+        maps.append(limb_heatmaps(px, score[b], (W, H), out_size, sigma, H36M17, fit))
     return torch.cat(maps), out.noise_loss
 
 
