@@ -136,28 +136,37 @@ class Progress:
             self._tqdm.close()
 
 
+def _model_management():
+    try:
+        import comfy.model_management as mm  # ComfyUI's module; absent in plain Python
+    except ImportError:
+        return None
+    return mm
+
+
 def check_interrupt() -> None:
     """Raise ComfyUI's InterruptProcessingException when the user pressed Cancel."""
-    try:
-        import comfy.model_management as mm
-    except ImportError:
-        return
-    mm.throw_exception_if_processing_interrupted()
+    mm = _model_management()
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+def free_memory() -> None:
+    """Before loading a large model ComfyUI does not manage: have ComfyUI unload its own models from the GPU
+    and return cached blocks to the driver. Nothing outside ComfyUI."""
+    mm = _model_management()
+    if mm is not None:
+        mm.unload_all_models()
+        mm.soft_empty_cache()
 
 
 def torch_device():
     import torch
-    try:
-        import comfy.model_management as mm
-    except ImportError:
-        return torch.device("cpu")
-    return mm.get_torch_device()
+    mm = _model_management()
+    return torch.device("cpu") if mm is None else mm.get_torch_device()
 
 
 def intermediate_device():
     import torch
-    try:
-        import comfy.model_management as mm
-    except ImportError:
-        return torch.device("cpu")
-    return mm.intermediate_device()
+    mm = _model_management()
+    return torch.device("cpu") if mm is None else mm.intermediate_device()

@@ -6,8 +6,8 @@ import logging
 import torch
 
 from ..finephys_core import pipeline_loading, sampler
-from .comfy_adapter import (FINEPHYS_FOLDER, Progress, intermediate_device, list_models, model_path,
-                            register_model_folder, torch_device)
+from .comfy_adapter import (FINEPHYS_FOLDER, Progress, free_memory, intermediate_device, list_models,
+                            model_path, register_model_folder, torch_device)
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,16 @@ class FinePhysLoadPipeline:
             },
         }
 
+    # No IS_CHANGED: ComfyUI caches the pipeline and runs ``load`` again only when a widget changes.
     def load(self, checkpoint, motion_module, lora="none", encoder="none", dtype="auto"):
+        ckpt_path, motion_path = model_path(CHECKPOINTS, checkpoint), model_path(MOTION_MODULES, motion_module)
+        lora_path = None if lora == "none" else model_path(FINEPHYS_FOLDER, lora)
+        encoder_path = None if encoder == "none" else model_path(FINEPHYS_FOLDER, encoder)
+        free_memory()  # after the file checks (a missing file unloads nothing): ~5 GB ComfyUI does not manage
         device = torch_device()
-        pipe = pipeline_loading.load_video_pipeline(
-            model_path(CHECKPOINTS, checkpoint), model_path(MOTION_MODULES, motion_module),
-            lora_path=None if lora == "none" else model_path(FINEPHYS_FOLDER, lora),
-            encoder_path=None if encoder == "none" else model_path(FINEPHYS_FOLDER, encoder),
-            device=device, dtype=resolve_dtype(dtype, device))
+        pipe = pipeline_loading.load_video_pipeline(ckpt_path, motion_path, lora_path=lora_path,
+                                                    encoder_path=encoder_path, device=device,
+                                                    dtype=resolve_dtype(dtype, device))
         return (pipe,)
 
 

@@ -238,6 +238,34 @@ def test_load_pipeline_node_lists_and_loads_model_files(node_module, pipe, tmp_p
         cls().load("missing.safetensors", "mm_sd_v15_v2.ckpt")
 
 
+
+def test_load_pipeline_node_frees_comfyui_memory_first_and_stays_cached(node_module, tmp_path, monkeypatch):
+    """Inside ComfyUI the loader unloads ComfyUI's models before loading its own (after checking the files);
+    outside ComfyUI nothing happens. No IS_CHANGED / NOT_IDEMPOTENT: ComfyUI caches the pipeline."""
+    cls = node_module.FinePhysLoadPipeline
+    assert not hasattr(cls, "IS_CHANGED") and not getattr(cls, "NOT_IDEMPOTENT", False)
+    node_module.free_memory()                                         # plain Python: a no-op
+    monkeypatch.setenv("FINEPHYS_MODELS_DIR", str(tmp_path))
+    for folder, name in (("checkpoints", "sd15.safetensors"), ("animatediff_models", "mm.ckpt")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).write_bytes(b"")
+    calls = []
+    mm = types.ModuleType("comfy.model_management")                  # ComfyUI's interface, recording calls
+    mm.unload_all_models = lambda: calls.append("unload_all_models")
+    mm.soft_empty_cache = lambda force=False: calls.append("soft_empty_cache")
+    mm.get_torch_device = lambda: torch.device("cpu")
+    comfy = types.ModuleType("comfy")
+    comfy.model_management = mm
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.model_management", mm)
+    monkeypatch.setattr(node_module.pipeline_loading, "load_video_pipeline",
+                        lambda *a, **kw: calls.append("load") or "pipeline")
+    with pytest.raises(FileNotFoundError):
+        cls().load("missing.safetensors", "mm.ckpt")
+    assert calls == []                                                 # a wrong file name unloads nothing
+    assert cls().load("sd15.safetensors", "mm.ckpt") == ("pipeline",)
+    assert calls == ["unload_all_models", "soft_empty_cache", "load"]
+
 def test_load_pipeline_node_end_to_end(node_module, tmp_path, monkeypatch):
     """Real files through the node (tiny configs via the core's config_dir)."""
     ldm = pytest.importorskip("test_pipeline_loading")
