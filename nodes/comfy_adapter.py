@@ -5,6 +5,7 @@ and there is no interrupt.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -15,12 +16,16 @@ MODEL_EXTENSIONS = {".safetensors", ".onnx", ".ckpt", ".pt", ".pth", ".bin"}
 _DEFAULT_SUBDIRS = {RTMLIB_FOLDER: "finephys/rtmlib"}
 
 
-def _folder_paths():
+def _comfy_module(name: str):
+    """One of ComfyUI's modules (``folder_paths``, ``comfy.model_management``); None in plain Python."""
     try:
-        import folder_paths  # ComfyUI's module; absent in plain Python
+        return importlib.import_module(name)
     except ImportError:
         return None
-    return folder_paths
+
+
+def _folder_paths():
+    return _comfy_module("folder_paths")
 
 
 def models_root() -> Path:
@@ -137,11 +142,7 @@ class Progress:
 
 
 def _model_management():
-    try:
-        import comfy.model_management as mm  # ComfyUI's module; absent in plain Python
-    except ImportError:
-        return None
-    return mm
+    return _comfy_module("comfy.model_management")
 
 
 def check_interrupt() -> None:
