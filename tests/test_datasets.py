@@ -191,3 +191,27 @@ def test_short_clips_are_padded_and_marked(tmp_path):
     assert len(data) == 1 and item["valid"].sum() == 10 and item["pose3d"].shape == (16, 17, 3)
     batch = torch.utils.data.default_collate([item, item])
     assert batch["pose2d"].shape == (2, 16, 17, 3) and batch["fps"].shape == (2,)
+
+
+def test_synth_source_mixes_several_sets(tmp_path):
+    path, views = _fake_synth_shard(tmp_path)
+    second = tmp_path / "synth_b"
+    second.mkdir()
+    (second / "shard_00000.npz").write_bytes((path / "shard_00000.npz").read_bytes())
+    one = ds.SynthSource(path)
+    both = ds.SynthSource([path, second / "shard_00000.npz"])
+    assert len(both.clips) == 2 * len(one.clips) == 2 * len(views)
+    with pytest.raises(FileNotFoundError, match="no synthetic shards"):
+        ds.SynthSource(tmp_path / "empty_dir_that_is_missing")
+
+
+def test_stage2_data_config_accepts_typed_sources(tmp_path):
+    from training.stage2 import build_dataset
+
+    path, _ = _fake_synth_shard(tmp_path)
+    data, _ = build_dataset({"synth": {"path": str(path)}, "synth_b": {"type": "synth", "path": str(path),
+                                                                        "weight": 2.0}}, 16, None, 1.0, 0)
+    single, _ = build_dataset({"synth": {"path": str(path)}}, 16, None, 1.0, 0)
+    assert len(data) == 2 * len(single)
+    with pytest.raises(ValueError, match="unknown data source 'x'"):
+        build_dataset({"x": {"path": str(path)}}, 16, None, 1.0, 0)

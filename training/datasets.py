@@ -111,13 +111,17 @@ def project_pinhole(joints_cam: np.ndarray, K: np.ndarray) -> np.ndarray:
 
 
 class SynthSource:
-    """Clips from ``training/synth.py`` shards (a directory, or a list of shard files)."""
+    """Clips from ``training/synth.py`` shards: a directory, a shard file, or a list of either (a mixture of
+    generated sets)."""
 
     name = "synth"
 
     def __init__(self, path):
-        paths = sorted(Path(path).glob("shard_*.npz")) if Path(path).is_dir() else [Path(p) for p in
-                                                                                      np.atleast_1d(path)]
+        paths = []
+        for p in map(Path, path if isinstance(path, (list, tuple)) else [path]):
+            if not (p.is_dir() or p.is_file()):
+                raise FileNotFoundError(f"no synthetic shards at {p}: neither a folder of shard_*.npz nor a shard file")
+            paths += sorted(p.glob("shard_*.npz")) if p.is_dir() else [p]
         if not paths:
             raise FileNotFoundError(f"no synthetic shards (shard_*.npz) in {path}")
         self.clips: list[Clip] = []

@@ -87,17 +87,18 @@ def build_dataset(data_cfg: dict, window: int, corruption: CorruptionConfig | No
     for name, spec in data_cfg.items():
         if not spec or not spec.get("weight", 1.0):
             continue
-        if name == "synth":
+        kind = spec.get("type", name)  # several sources of one kind: {"synth_b": {"type": "synth", ...}}
+        if kind == "synth":
             src = D.SynthSource(spec["path"])
-        elif name == "h36m":
+        elif kind == "h36m":
             src = D.H36MSource(spec["path_3d"], spec.get("path_2d"), tuple(spec.get("subjects",
                                ("S1", "S5", "S6", "S7", "S8"))))
-        elif name == "amass":
+        elif kind == "amass":
             src = D.AMASSSource(spec["path"])
-        elif name == "finegym":
+        elif kind == "finegym":
             src = D.FineGymSource(spec["path"])
         else:
-            raise ValueError(f"unknown data source {name!r}; expected synth, h36m, amass or finegym")
+            raise ValueError(f"unknown data source {name!r} (type {kind!r}); expected synth, h36m, amass or finegym")
         sources.append(src)
         weights.append(float(spec.get("weight", 1.0)))
     if not sources:
