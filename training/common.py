@@ -324,3 +324,14 @@ def merge_config_strict(defaults: dict, config: dict, stage: str) -> dict:
                 raise ValueError(f"unknown stage {stage} config entries {key}.{sorted(unknown)}; "
                                  f"known: {sorted(defaults[key])}")
     return merge_config(defaults, config, replace=())
+
+
+def train_from_config(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_fn, cfg: dict, *,
+                      out_dir: str | Path, resume: bool, stage: int) -> TrainContext:
+    """:func:`train_loop` driven by a flat stage config (max_steps, seed, warmup, grad_clip, ckpt_every,
+    log_every, stop_after), with a cosine schedule — the schema stages 2 and 3 share."""
+    max_steps = int(cfg["max_steps"])
+    return train_loop(model, optimizer, step_fn, out_dir=out_dir, max_steps=max_steps, seed=cfg["seed"],
+                      resume=resume, scheduler_fn=cosine_schedule(cfg["warmup"], max_steps),
+                      grad_clip=cfg["grad_clip"], ckpt_every=cfg["ckpt_every"], log_every=cfg["log_every"],
+                      meta={"stage": stage}, desc=f"stage {stage}", stop_after=cfg["stop_after"])

@@ -341,10 +341,7 @@ def run(config: dict, args) -> dict:
         return losses(ctx.extra["model"], batch, (bank_2d.to(ctx.device), bank_3d.to(ctx.device)),
                       prior.to(ctx.device), cfg, n)
 
-    ctx = common.train_loop(stack, opt, step_fn, out_dir=out_dir, max_steps=int(cfg["max_steps"]), seed=cfg["seed"],
-                      resume=args.resume, scheduler_fn=common.cosine_schedule(cfg["warmup"], cfg["max_steps"]),
-                      grad_clip=cfg["grad_clip"], ckpt_every=cfg["ckpt_every"], log_every=cfg["log_every"],
-                      meta={"stage": 2}, desc="stage 2", stop_after=cfg["stop_after"])
+    ctx = common.train_from_config(stack, opt, step_fn, cfg, out_dir=out_dir, resume=args.resume, stage=2)
     if cfg["stop_after"]:
         return {"stopped_at": ctx.extra["step"]}
     train_s = time.time() - t0

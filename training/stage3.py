@@ -19,7 +19,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from finephys_core.camera import fit_camera, fuse, project
@@ -98,10 +97,7 @@ def run(config: dict, args) -> dict:
         batch = {k: v.to(ctx.device) for k, v in batch.items()}
         return reprojection_losses(ctx.extra["model"], batch, cfg)
 
-    ctx = common.train_loop(physnet, opt, step_fn, out_dir=out_dir, max_steps=int(cfg["max_steps"]), seed=cfg["seed"],
-                      resume=args.resume, scheduler_fn=common.cosine_schedule(cfg["warmup"], cfg["max_steps"]),
-                      grad_clip=cfg["grad_clip"], ckpt_every=cfg["ckpt_every"], log_every=cfg["log_every"],
-                      meta={"stage": 3}, desc="stage 3", stop_after=cfg["stop_after"])
+    ctx = common.train_from_config(physnet, opt, step_fn, cfg, out_dir=out_dir, resume=args.resume, stage=3)
     if cfg["stop_after"]:
         return {"stopped_at": ctx.extra["step"]}
     train_s = time.time() - t0
