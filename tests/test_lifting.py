@@ -5,16 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from finephys_core.lifting import (ICLLifter, LifterConfig, blend_weights, lift_windows, lifter_inputs,
-                                   window_starts)
+from finephys_core.lifting import (TOKEN_KINDS, ICLLifter, LifterConfig, blend_weights, lift_windows,
+                                   lifter_inputs, window_starts)
+from finephys_core.pose_model import load_pose_model, random_pose_model, save_pose_model
 
 W = 8
 
 
-@pytest.fixture(scope="module")
-def lifter():
+@pytest.fixture(scope="module", params=TOKEN_KINDS)
+def lifter(request):
     torch.manual_seed(0)
-    return ICLLifter(LifterConfig(dim=16, depth=1, heads=2, rep_dim=16, window=W)).eval()
+    return ICLLifter(LifterConfig(tokens=request.param, dim=16, depth=1, heads=2, rep_dim=16, window=W)).eval()
 
 
 def _pose2d(T, seed=0, batch=()):
@@ -175,3 +176,21 @@ def test_prompt_function_is_called_per_window(lifter):
     assert seen == [len(window_starts(2 * W + 3, W, 2))] and torch.equal(a, b)
     with pytest.raises(ValueError, match="prompt pair must be"):
         lift_windows(lifter, q, lambda wins: (fixed[0][None, None],) * 2, prior, W, 2)
+
+
+def test_token_kinds_config_and_file_round_trip(tmp_path):
+    with pytest.raises(ValueError, match="tokens must be one of"):
+        LifterConfig.from_dict({"tokens": "patch"})
+    assert LifterConfig.from_dict({"dim": 8}).tokens == "joint"          # files written before 'tokens'
+    frame = ICLLifter(LifterConfig(tokens="frame", dim=16, depth=1, heads=2, rep_dim=16, window=W))
+    joint = ICLLifter(LifterConfig(tokens="joint", dim=16, depth=1, heads=2, rep_dim=16, window=W))
+    assert frame.embed.in_features == 6 * 17 and joint.embed.in_features == 6
+    assert not hasattr(frame, "joint_embed")
+    model = random_pose_model(frame.config)
+    loaded = load_pose_model(save_pose_model(model, tmp_path / "frame.safetensors"))
+    assert loaded.lifter.config == frame.config
+    q = _pose2d(W, 9)[None]
+    p2d, p3d = _prompt()
+    with torch.no_grad():
+        args = (p2d[None], p3d[None], q, model.mean_prior[None])
+        assert torch.equal(model.lifter.eval()(*args), loaded.lifter.eval()(*args))
