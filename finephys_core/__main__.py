@@ -2,6 +2,7 @@
 
     python -m finephys_core refine IN.npz -o OUT.npz [--weights W.safetensors] [--fps F]
                                                      [--fuse-weight W] [--stride S]
+                                                     [--bones constant|free]
     python -m finephys_core detect VIDEO -o POSE2D.npz [--mode balanced] [--model-dir DIR] [--stride N]
     python -m finephys_core demo [--out output/demo]   (the shipped sample, with preview video and images)
 
@@ -53,7 +54,7 @@ def cmd_refine(args) -> int:
 
     pose2d = _load_input(Path(args.input), args.fps)
     model = load_pose_model(args.weights) if args.weights else default_pose_model()
-    res = refine_pose2d(pose2d, model, fuse_weight=args.fuse_weight, frame_stride=args.stride)
+    res = refine_pose2d(pose2d, model, fuse_weight=args.fuse_weight, frame_stride=args.stride, bones=args.bones)
     write_npz(args.output, refined_arrays(pose2d, res))
     print(f"refined {pose2d.num_frames} frames → {args.output}"
           f"{'' if model.trained else ' (UNTRAINED weights)'}", file=sys.stderr)
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", help="pose model .safetensors (default: the shipped weights)")
     r.add_argument("--fps", type=float, help="override the input's frame rate")
     r.add_argument("--fuse-weight", type=float, default=0.5, help="weight of S_pp in the fusion (0.5 = mean)")
+    r.add_argument("--bones", choices=("constant", "free"), default="constant",
+                   help="fused pose: one length per bone for the clip (default) or the plain mean (paper)")
     r.add_argument("--stride", type=int, default=1,
                    help="the input keeps every S-th frame of a video at --fps (dt = S/fps); leave 1 when "
                         "fps is already the rate of the frames in the file (what `detect` writes)")

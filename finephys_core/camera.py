@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .sequence import Camera, Pose2D, Pose3D, PoseError
+from .skeleton import H36M17
 
 # Depth (metres) at which a weak-perspective fit is written as a pinhole sequence.Camera: far enough that
 # the pinhole projection of a body (±1 m deep) differs from the weak one by < 0.1 %.
@@ -49,6 +50,32 @@ def fuse(s_dd: Tensor, s_pp: Tensor, weight: float = 0.5) -> Tensor:
     if s_dd.shape != s_pp.shape:
         raise ValueError(f"S_dd {tuple(s_dd.shape)} and S_pp {tuple(s_pp.shape)} must have the same shape")
     return (1.0 - weight) * s_dd + weight * s_pp
+
+
+BONE_MODES = ("constant", "free")
+
+
+def constant_bone_lengths(joints: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """Re-pose (..., T, 17, 3) H36M-17 joints with every bone at one length for the whole clip.
+
+    Each bone keeps its direction in every frame; its length becomes ``lengths`` (..., 16), in
+    ``H36M17.bones`` order, or by default its median over the clip (robust to a few bad frames). Joints are
+    placed from the pelvis outward, so the pelvis stays put. Limbs of a body are rigid; the lifter and PhysNet
+    are free to stretch them, and their mean stretches them a little more. Differentiable.
+    """
+    if joints.ndim < 3 or joints.shape[-2:] != (17, 3):
+        raise ValueError(f"joints must be (..., T, 17, 3); got {tuple(joints.shape)}")
+    parents, children = (list(v) for v in zip(*H36M17.bones))
+    bones = joints[..., children, :] - joints[..., parents, :]                     # (..., T, 16, 3)
+    length = bones.norm(dim=-1, keepdim=True)
+    if lengths is None:
+        lengths = length.median(dim=-3).values[..., 0]
+    unit = bones / length.clamp_min(1e-9)
+    scaled = unit * lengths[..., None, :, None]
+    out = [joints[..., 0, :]] + [None] * 16
+    for b, (p, c) in enumerate(zip(parents, children)):   # parents come before their children in H36M-17
+        out[c] = out[p] + scaled[..., b, :]
+    return torch.stack(out, dim=-2)
 
 
 def _check_fit_inputs(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor) -> None:
@@ -170,8 +197,12 @@ def project_pinhole(joints: np.ndarray, camera: Camera) -> np.ndarray:
 
 
 def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = 0.5,
-               camera_model: str = "weak", focal: float | None = None) -> tuple[Pose3D, Pose2D]:
+               camera_model: str = "weak", focal: float | None = None,
+               bones: str = "constant") -> tuple[Pose3D, Pose2D]:
     """Ŝ = fuse(S_dd, S_pp), a camera fitted to ``detected`` (weighted by its scores), Ŝ reprojected.
+
+    ``bones``: 'constant' (default) gives Ŝ one length per bone for the clip (:func:`constant_bone_lengths`);
+    'free' is the paper's plain mean.
 
     Returns (Pose3D source 'fused' with its Camera, Pose2D of the reprojection in pixels, H36M layout,
     score 1 for every joint: the reprojection is defined everywhere, missing detections included).
@@ -181,7 +212,11 @@ def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = 0.5,
     if not dd.num_frames == pp.num_frames == detected.num_frames:
         raise PoseError(f"frame counts differ: S_dd {dd.num_frames}, S_pp {pp.num_frames}, "
                         f"2D {detected.num_frames}")
+    if bones not in BONE_MODES:
+        raise ValueError(f"bones must be one of {BONE_MODES}; got {bones!r}")
     fused = fuse(torch.from_numpy(dd.joints).double(), torch.from_numpy(pp.joints).double(), weight)
+    if bones == "constant":
+        fused = constant_bone_lengths(fused)
     kp = torch.from_numpy(detected.keypoints).double()
     sc = torch.from_numpy(detected.scores).double()
     size = detected.image_size
@@ -192,7 +227,7 @@ def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = 0.5,
     else:
         raise ValueError(f"camera_model must be 'weak' or 'perspective'; got {camera_model!r}")
     reproj = project(fused, cam).float().numpy()
-    meta = {**dd.meta, "camera_model": camera_model, "fuse_weight": float(weight)}
+    meta = {**dd.meta, "camera_model": camera_model, "fuse_weight": float(weight), "bones": bones}
     if camera_model == "weak":
         meta["weak_scale_px_per_m"] = float(cam.scale)
     pose3d = replace(dd, joints=fused.float().numpy(), source="fused", camera=to_sequence_camera(cam, size),

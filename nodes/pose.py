@@ -104,13 +104,20 @@ class FinePhysFusePoses:
                                     "tooltip": "Focal length in pixels for 'perspective'; 0 = the longer image "
                                                "side. Ignored by 'weak'."}),
             },
+            "optional": {  # optional: API prompts saved before it existed still validate
+                "bones": (list(camera.BONE_MODES), {
+                    "default": "constant",
+                    "tooltip": "constant: every bone keeps one length for the whole clip (its median), limbs "
+                               "stay rigid; free: the plain weighted mean (paper), bones may stretch."}),
+            },
         }
 
-    def run(self, pose3d_dd, pose3d_pp, pose2d, weight=0.5, camera_model="weak", focal=0.0):
+    def run(self, pose3d_dd, pose3d_pp, pose2d, weight=0.5, camera_model="weak", focal=0.0, bones="constant"):
         fused, reprojected = camera.fuse_poses(require(pose3d_dd, Pose3D, "pose3d_dd"),
                                                require(pose3d_pp, Pose3D, "pose3d_pp"),
                                                require(pose2d, Pose2D, "pose2d"), weight=float(weight),
-                                               camera_model=camera_model, focal=float(focal) or None)
+                                               camera_model=camera_model, focal=float(focal) or None,
+                                               bones=bones)
         return fused, reprojected
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from finephys_core.camera import (Perspective, WeakPerspective, fit_camera, fit_perspective, fuse, fuse_poses,
+from finephys_core.camera import (Perspective, WeakPerspective, constant_bone_lengths, fit_camera, fit_perspective, fuse, fuse_poses,
                                   project, project_pinhole)
 from finephys_core.sequence import Pose2D, Pose3D, PoseError
 from finephys_core.skeleton import COCO17, H36M17
@@ -100,14 +100,14 @@ def test_fuse_poses_reprojects_detections_and_camera_matches():
     det = Pose2D(kp, scores, (640, 480), 30.0)
     dd = Pose3D(X + 0.01, 30.0, "dd")
     pp = Pose3D(X - 0.01, 30.0, "pp")
-    fused, reproj = fuse_poses(dd, pp, det)
+    fused, reproj = fuse_poses(dd, pp, det, bones="free")   # random skeletons: bone lengths vary per frame
     assert fused.source == "fused" and np.allclose(fused.joints, X, atol=1e-6)
     assert reproj.keypoints.shape == (6, 17, 2) and reproj.layout == "h36m17" and reproj.fps == 30.0
     assert np.abs(reproj.keypoints[scores > 0] - kp[scores > 0]).max() < 1e-3
     assert abs(fused.meta["weak_scale_px_per_m"] - s) < 1e-3
     pin = project_pinhole(fused.joints, fused.camera)
     assert np.abs(pin - reproj.keypoints).max() < 0.5       # the sequence.Camera reprojects the same
-    persp, rp = fuse_poses(dd, pp, det, camera_model="perspective", focal=800.0)
+    persp, rp = fuse_poses(dd, pp, det, camera_model="perspective", focal=800.0, bones="free")
     assert persp.camera.focal == 800.0 and np.isfinite(rp.keypoints).all()
     assert np.abs(project_pinhole(persp.joints, persp.camera) - rp.keypoints).max() < 1e-2
 
@@ -122,10 +122,47 @@ def test_fuse_poses_converts_layout_and_checks_frames():
     sc = np.zeros((3, 17), np.float32)
     sc[:, [COCO17.index(n) for n in ("l_knee", "r_knee", "l_ankle", "r_ankle", "l_wrist", "r_wrist")]] = 1
     det = Pose2D(coco, sc, (640, 640), 25.0, "coco17")
-    fused, reproj = fuse_poses(Pose3D(X), Pose3D(X, source="pp"), det)
+    fused, reproj = fuse_poses(Pose3D(X), Pose3D(X, source="pp"), det, bones="free")
     idx = [H36M17.index(n) for n in ("l_knee", "r_knee", "l_ankle", "r_ankle", "l_wrist", "r_wrist")]
     assert np.abs(reproj.keypoints[:, idx] - h36[:, idx]).max() < 1e-3
     with pytest.raises(PoseError, match="frame counts differ"):
         fuse_poses(Pose3D(X[:2]), Pose3D(X, source="pp"), det)
     with pytest.raises(ValueError, match="camera_model"):
         fuse_poses(Pose3D(X), Pose3D(X, source="pp"), det, camera_model="fisheye")
+
+
+def _bone_lengths(x: torch.Tensor) -> torch.Tensor:
+    parents, children = (list(v) for v in zip(*H36M17.bones))
+    return (x[..., children, :] - x[..., parents, :]).norm(dim=-1)
+
+
+def test_constant_bone_lengths_keeps_directions_and_median_lengths():
+    X = _skeletons(2, 9, seed=5)                                       # (2 clips, 9 frames)
+    out = constant_bone_lengths(X)
+    lengths = _bone_lengths(out)
+    assert torch.allclose(lengths, _bone_lengths(X).median(dim=-2).values[:, None].expand_as(lengths))
+    assert torch.equal(out[..., 0, :], X[..., 0, :])
+    parents, children = (list(v) for v in zip(*H36M17.bones))
+    d_in, d_out = X[..., children, :] - X[..., parents, :], out[..., children, :] - out[..., parents, :]
+    assert torch.allclose(torch.nn.functional.cosine_similarity(d_in, d_out, dim=-1), torch.ones(2, 9, 16, dtype=X.dtype))
+    # a pose that already has constant lengths is unchanged; given lengths are used as they are
+    assert torch.allclose(constant_bone_lengths(out), out, atol=1e-12)
+    fixed = constant_bone_lengths(X, torch.full((2, 16), 0.25, dtype=X.dtype))
+    assert torch.allclose(_bone_lengths(fixed), torch.full((2, 9, 16), 0.25, dtype=X.dtype))
+    X.requires_grad_(True)
+    constant_bone_lengths(X).sum().backward()
+    assert torch.isfinite(X.grad).all()
+    with pytest.raises(ValueError, match="17, 3"):
+        constant_bone_lengths(X[..., :16, :])
+
+
+def test_fuse_poses_bones_modes():
+    X = _skeletons(6, seed=6).float().numpy()
+    det = Pose2D((300 * X[..., :2] + 320).astype(np.float32), np.ones((6, 17), np.float32), (640, 480), 30.0)
+    const, _ = fuse_poses(Pose3D(X), Pose3D(X, source="pp"), det)
+    free, _ = fuse_poses(Pose3D(X), Pose3D(X, source="pp"), det, bones="free")
+    assert const.meta["bones"] == "constant" and free.meta["bones"] == "free"
+    assert _bone_lengths(torch.from_numpy(const.joints)).std(0).max() < 1e-5
+    assert _bone_lengths(torch.from_numpy(free.joints)).std(0).max() > 0.05
+    with pytest.raises(ValueError, match="bones"):
+        fuse_poses(Pose3D(X), Pose3D(X, source="pp"), det, bones="rigid")

@@ -24,6 +24,7 @@ import tiny_onnx  # noqa: E402
 from comfyui_harness import ui_to_api  # noqa: E402
 from test_workflows import saved_value_names  # noqa: E402
 
+from finephys_core.metrics import bone_length_std  # noqa: E402
 from finephys_core.sequence import Pose2D, Pose3D, load_pose, save_pose  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ POSE_NODES = {  # node id → (input name → type, for every input), output typ
                                "frame_stride": "INT"}, ["FINEPHYS_POSE3D"]),
     "FinePhysFusePoses": ({"pose3d_dd": "FINEPHYS_POSE3D", "pose3d_pp": "FINEPHYS_POSE3D",
                            "pose2d": "FINEPHYS_POSE2D", "weight": "FLOAT", "camera_model": "COMBO",
-                           "focal": "FLOAT"}, ["FINEPHYS_POSE3D", "FINEPHYS_POSE2D"]),
+                           "focal": "FLOAT", "bones": "COMBO"}, ["FINEPHYS_POSE3D", "FINEPHYS_POSE2D"]),
     "FinePhysSavePose": ({"filename_prefix": "STRING", "format": "COMBO", "pose2d": "FINEPHYS_POSE2D",
                           "pose3d": "FINEPHYS_POSE3D"}, ["STRING"]),
     "FinePhysLoadPose": ({"pose_file": "COMBO", "path": "STRING"}, ["FINEPHYS_POSE2D", "FINEPHYS_POSE3D"]),
@@ -201,6 +202,8 @@ def test_lift_refine_fuse_save_prompt(comfy):
     out = comfy["base"] / "output" / "finephys_test"
     fused3d, fused2d = load_pose(out / "fused_00001_pose3d.npz"), load_pose(out / "fused_00001_pose2d.npz")
     assert isinstance(fused3d, Pose3D) and fused3d.joints.shape == (T, 17, 3) and fused3d.source == "fused"
+    # the prompt predates the optional 'bones' input: it still validates and gets the default, rigid bones
+    assert fused3d.meta["bones"] == "constant" and bone_length_std(fused3d.joints) < 1e-4
     assert isinstance(fused2d, Pose2D) and fused2d.keypoints.shape == (T, 17, 2) and fused2d.image_size == (320, 240)
     pp = load_pose(out / "pp_00001_pose3d.json")
     assert pp.source == "pp" and pp.joints.shape == (T, 17, 3)

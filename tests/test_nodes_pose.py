@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_onnx  # noqa: E402
+from finephys_core import metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK = "finephys_pack_nodes_pose_test"
@@ -30,7 +31,7 @@ WIDGETS = {
     "FinePhysLoadPoseModel": ["model_name"],
     "FinePhysLiftICL3D": [],
     "FinePhysPhysNetRefine": ["frame_stride"],
-    "FinePhysFusePoses": ["weight", "camera_model", "focal"],
+    "FinePhysFusePoses": ["weight", "camera_model", "focal", "bones"],
     "FinePhysSavePose": ["filename_prefix", "format"],
     "FinePhysLoadPose": ["pose_file", "path"],
     "FinePhysPreviewPose": ["height"],
@@ -251,14 +252,16 @@ def test_lift_refine_fuse_chain(classes, pose_model, T):
     assert isinstance(dd, Pose3D) and dd.joints.shape == (T, 17, 3) and dd.fps == 25.0
     pp = classes["FinePhysPhysNetRefine"]().run(dd, pose_model, 1)[0]
     assert isinstance(pp, Pose3D) and pp.joints.shape == (T, 17, 3) and pp.source == "pp"
-    fused, reproj = classes["FinePhysFusePoses"]().run(dd, pp, pose2d, 0.5)
+    fused, reproj = classes["FinePhysFusePoses"]().run(dd, pp, pose2d, 0.5, "weak", 0.0, "free")
     assert isinstance(fused, Pose3D) and fused.joints.shape == (T, 17, 3)
     assert isinstance(reproj, Pose2D) and reproj.keypoints.shape == (T, 17, 2)
     assert reproj.image_size == pose2d.image_size
     np.testing.assert_allclose(fused.joints, (dd.joints + pp.joints) / 2, atol=1e-4)
-    fused_p, reproj_p = classes["FinePhysFusePoses"]().run(dd, pp, pose2d, 1.0, "perspective", 500.0)
+    fused_p, reproj_p = classes["FinePhysFusePoses"]().run(dd, pp, pose2d, 1.0, "perspective", 500.0, "free")
     np.testing.assert_allclose(fused_p.joints, pp.joints, atol=1e-4)
     assert fused_p.camera.focal == 500.0 and reproj_p.keypoints.shape == (T, 17, 2)
+    rigid = classes["FinePhysFusePoses"]().run(dd, pp, pose2d)[0]      # default: constant bone lengths
+    assert rigid.meta["bones"] == "constant" and metrics.bone_length_std(rigid.joints) < 1e-5
 
 
 @needs_pose_model

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from finephys_core import pose_model as pm
 from finephys_core.__main__ import main as cli_main
+from finephys_core.camera import constant_bone_lengths
 from finephys_core.lifting import LifterConfig
 from finephys_core.physics import PhysNetConfig
 from finephys_core.pose_model import (PoseModel, WeightsError, build_prompt_bank, choose_prompt, choose_prompts,
@@ -61,7 +62,10 @@ def test_refine_shapes(tiny, T):
         assert np.isfinite(pose.joints).all() and np.allclose(pose.joints[:, 0], 0, atol=1e-6)
     assert res.reprojected.keypoints.shape == (T, 17, 2) and np.isfinite(res.reprojected.keypoints).all()
     assert res.fused.camera is not None and res.fused.camera.translation.shape == (T, 3)
-    assert np.allclose(res.fused.joints, (res.dd.joints + res.pp.joints) / 2, atol=1e-6)
+    mean = torch.from_numpy((res.dd.joints.astype(np.float64) + res.pp.joints) / 2)
+    assert np.allclose(res.fused.joints, constant_bone_lengths(mean).numpy(), atol=1e-6)
+    free = refine_pose2d(_pose2d(T, T), tiny, bones="free")
+    assert np.allclose(free.fused.joints, (free.dd.joints + free.pp.joints) / 2, atol=1e-6)
 
 
 def test_lift_pose_errors(tiny):
@@ -203,7 +207,8 @@ def test_cli_round_trip_subprocess(tiny, weights, tmp_path):
         assert d[k].shape == (24, 17, 3) and d[k].dtype == np.float32
     assert d["pose2d_reproj"].shape == (24, 17, 2) and d["scores"].shape == (24, 17)
     assert d["image_size"].tolist() == [640, 480] and float(d["fps"]) == 25.0
-    assert np.allclose(d["pose3d"], 0.7 * d["pose3d_dd"] + 0.3 * d["pose3d_pp"], atol=1e-6)
+    mix = torch.from_numpy(0.7 * d["pose3d_dd"].astype(np.float64) + 0.3 * d["pose3d_pp"])
+    assert np.allclose(d["pose3d"], constant_bone_lengths(mix).numpy(), atol=1e-6)
     p = _pose2d(24, 1)
     p.fps = 25.0
     ref = refine_pose2d(p, tiny, fuse_weight=0.3)
