@@ -6,8 +6,8 @@ by the detector-noise model (training/corruption.py, fixed seed). The set, clean
 is shipped as ``finephys_core/data/physics_heldout.npz`` (made by ``--make-heldout``, which needs the
 training extras: mujoco + dm_control), so the benchmark itself needs only the pack.
 
-Per frame rate and method — S_dd (lifted raw detections), S_pp (PhysNet), fused, S_dd + Savitzky–Golay
-(7, 2), S_dd + one-euro — MPJPE, N-MPJPE, PA-MPJPE, MPJVE, acceleration error, bone-length std and
+Per frame rate and method — S_dd (lifted raw detections), S_pp (PhysNet), fused (the default: constant
+bone lengths), fused_free (the paper's plain mean), S_dd + Savitzky–Golay (7, 2), S_dd + one-euro — MPJPE, N-MPJPE, PA-MPJPE, MPJVE, acceleration error, bone-length std and
 jitter (mm; derivatives per frame), and the ground truth's own bone std and jitter. Last line: JSON.
 """
 from __future__ import annotations
@@ -27,9 +27,9 @@ HELDOUT_PATH = DATA / "physics_heldout.npz"
 HELDOUT_SEED = 9_000_000          # training uses seeds seed·1_000_003 + i for small seeds; far from these
 BENCH_FPS = (25, 50)
 CORRUPTION_SEED = 1234
-ONE_EURO = {"min_cutoff": 8.0, "beta": 3.0, "d_cutoff": 1.0}   # tune_one_euro on the validation shards
+ONE_EURO = {"min_cutoff": 8.0, "beta": 1.0, "d_cutoff": 1.0}   # tune_one_euro on the validation shards
 PER_FRAME = ("joints_cam", "keypoints_2d", "det_keypoints", "det_scores", "flight", "com_world")
-METHODS = ("dd", "pp", "fused", "dd+savgol", "dd+one_euro")
+METHODS = ("dd", "pp", "fused", "fused_free", "dd+savgol", "dd+one_euro")
 FIELDS = ("mpjpe", "n_mpjpe", "pa_mpjpe", "mpjve", "accel_error", "bone_std", "jitter")
 
 
@@ -109,12 +109,17 @@ def detected_pose2d(clip: dict) -> Pose2D:
 # --------------------------------------------------------------------------------------------- evaluation
 
 def method_outputs(model, pose2d: Pose2D) -> dict[str, np.ndarray]:
-    """Root-relative (T,17,3) metres for every method on one clip."""
+    """Root-relative (T,17,3) metres for every method on one clip. 'fused' is the default fusion (constant
+    bone lengths), 'fused_free' the paper's plain mean."""
+    import torch
+
+    from ..camera import fuse
     from ..refine import refine_pose2d
 
     res = refine_pose2d(pose2d, model)
     dd = res.dd.joints.astype(np.float64)
-    out = {"dd": dd, "pp": res.pp.joints, "fused": res.fused.joints,
+    free = fuse(torch.from_numpy(dd), torch.from_numpy(res.pp.joints.astype(np.float64)))
+    out = {"dd": dd, "pp": res.pp.joints, "fused": res.fused.joints, "fused_free": free.numpy(),
            "dd+savgol": filters.savgol(dd, 7, 2), "dd+one_euro": filters.one_euro(dd, pose2d.fps, **ONE_EURO)}
     return {k: np.asarray(v, np.float64) - np.asarray(v, np.float64)[:, :1] for k, v in out.items()}
 
