@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..finephys_core import render
-from ..finephys_core.sequence import Pose2D, Pose3D, PoseError, load_pose, save_pose
+from ..finephys_core.sequence import Pose2D, PoseError, load_pose, save_pose
 from . import comfy_adapter
 
 POSE_SUFFIXES = (".npz", ".json")
