@@ -53,6 +53,12 @@ def fuse(s_dd: Tensor, s_pp: Tensor, weight: float = 0.5) -> Tensor:
 
 
 BONE_MODES = ("constant", "free")
+_PARENTS, _CHILDREN = (list(v) for v in zip(*H36M17.bones))
+
+
+def bone_vectors(joints: Tensor) -> Tensor:
+    """(..., 17, 3) H36M-17 joints → (..., 16, 3) child − parent, in ``H36M17.bones`` order."""
+    return joints[..., _CHILDREN, :] - joints[..., _PARENTS, :]
 
 
 def constant_bone_lengths(joints: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -65,15 +71,14 @@ def constant_bone_lengths(joints: Tensor, lengths: Tensor | None = None) -> Tens
     """
     if joints.ndim < 3 or joints.shape[-2:] != (17, 3):
         raise ValueError(f"joints must be (..., T, 17, 3); got {tuple(joints.shape)}")
-    parents, children = (list(v) for v in zip(*H36M17.bones))
-    bones = joints[..., children, :] - joints[..., parents, :]                     # (..., T, 16, 3)
+    bones = bone_vectors(joints)                                                  # (..., T, 16, 3)
     length = bones.norm(dim=-1, keepdim=True)
     if lengths is None:
         lengths = length.median(dim=-3).values[..., 0]
     unit = bones / length.clamp_min(1e-9)
     scaled = unit * lengths[..., None, :, None]
     out = [joints[..., 0, :]] + [None] * 16
-    for b, (p, c) in enumerate(zip(parents, children)):   # parents come before their children in H36M-17
+    for b, (p, c) in enumerate(zip(_PARENTS, _CHILDREN)):   # parents come before their children in H36M-17
         out[c] = out[p] + scaled[..., b, :]
     return torch.stack(out, dim=-2)
 

@@ -56,6 +56,10 @@ class LifterConfig:
     num_joints: int = NUM_JOINTS
     dropout: float = 0.0
 
+    def __post_init__(self):
+        if self.tokens not in TOKEN_KINDS:
+            raise ValueError(f"LifterConfig tokens must be one of {TOKEN_KINDS}; got {self.tokens!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -64,8 +68,6 @@ class LifterConfig:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown LifterConfig fields {sorted(unknown)}")
-        if d.get("tokens", "joint") not in TOKEN_KINDS:
-            raise ValueError(f"LifterConfig tokens must be one of {TOKEN_KINDS}; got {d['tokens']!r}")
         return cls(**d)
 
 

@@ -181,6 +181,8 @@ def test_prompt_function_is_called_per_window(lifter):
 def test_token_kinds_config_and_file_round_trip(tmp_path):
     with pytest.raises(ValueError, match="tokens must be one of"):
         LifterConfig.from_dict({"tokens": "patch"})
+    with pytest.raises(ValueError, match="tokens must be one of"):
+        LifterConfig(tokens="patch")
     assert LifterConfig.from_dict({"dim": 8}).tokens == "joint"          # files written before 'tokens'
     frame = ICLLifter(LifterConfig(tokens="frame", dim=16, depth=1, heads=2, rep_dim=16, window=W))
     joint = ICLLifter(LifterConfig(tokens="joint", dim=16, depth=1, heads=2, rep_dim=16, window=W))

@@ -30,7 +30,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from finephys_core.camera import fuse
+from finephys_core.camera import bone_vectors, fuse
 from finephys_core.lifting import ICLLifter, LifterConfig
 from finephys_core.physics import PhysNet, PhysNetConfig
 from finephys_core.pose_model import (PoseModel, build_prompt_bank, load_pose_model, mean_prior_from_clips,
@@ -199,8 +199,7 @@ def prompt_bank_and_prior(ds, probs, size: int, n_windows: int, window: int, see
 def bone_variance(joints: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Σ over bones of the variance over valid frames of the bone's length, mean over clips (m²).
     Rigid limbs keep their length: a physical prior that needs no ground truth. joints (B,T,17,3), mask (B,T)."""
-    parents, children = (torch.tensor(v) for v in zip(*H36M17.bones))
-    length = (joints[..., children, :] - joints[..., parents, :]).norm(dim=-1)          # (B, T, 16)
+    length = bone_vectors(joints).norm(dim=-1)                                          # (B, T, 16)
     m = mask[..., None]
     n = m.sum(1).clamp_min(1.0)
     mean = (length * m).sum(1) / n

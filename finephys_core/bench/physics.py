@@ -7,8 +7,9 @@ is shipped as ``finephys_core/data/physics_heldout.npz`` (made by ``--make-heldo
 training extras: mujoco + dm_control), so the benchmark itself needs only the pack.
 
 Per frame rate and method — S_dd (lifted raw detections), S_pp (PhysNet), fused (the default: constant
-bone lengths), fused_free (the paper's plain mean), S_dd + Savitzky–Golay (7, 2), S_dd + one-euro — MPJPE, N-MPJPE, PA-MPJPE, MPJVE, acceleration error, bone-length std and
-jitter (mm; derivatives per frame), and the ground truth's own bone std and jitter. Last line: JSON.
+bone lengths), fused_free (the paper's plain mean), S_dd + Savitzky–Golay (7, 2), S_dd + one-euro —
+MPJPE, N-MPJPE, PA-MPJPE, MPJVE, acceleration error, bone-length std and jitter (mm; derivatives per
+frame), and the ground truth's own bone std and jitter. Last line: JSON.
 """
 from __future__ import annotations
 
