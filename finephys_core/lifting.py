@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from .skeleton import H36M17
+
 NUM_JOINTS = 17
 ROOT = 0
 TOKEN_KINDS = ("joint", "frame")
@@ -313,6 +315,12 @@ def lift_windows(model: Callable[..., Tensor], query_2d, prompt, prior, window: 
         if progress is not None:
             progress(len(chunk))
     return (out / weight)[:T]
+
+
+def mirror_averaged(lift: Callable[[Tensor], Tensor], query_2d: Tensor) -> Tensor:
+    """Left↔right test-time augmentation (VideoPose3D, MotionBERT): the mean of ``lift(query)`` and the
+    un-mirrored lift of the mirrored query. Exactly mirror-equivariant. query_2d (…, 17, 3) → (…, 17, 3)."""
+    return (lift(query_2d) + H36M17.mirror(lift(H36M17.mirror(query_2d)))) / 2
 
 
 def count_parameters(module: nn.Module) -> int:

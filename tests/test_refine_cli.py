@@ -22,6 +22,7 @@ from finephys_core.pose_model import (PoseModel, WeightsError, build_prompt_bank
                                       load_pose_model, mean_prior_from_clips, random_pose_model, save_pose_model)
 from finephys_core.refine import REFINE_STEPS, lift_pose, refine_pose2d
 from finephys_core.sequence import Pose2D, PoseError
+from finephys_core.skeleton import H36M17
 
 ROOT = Path(__file__).resolve().parents[1]
 W = 8
@@ -66,6 +67,23 @@ def test_refine_shapes(tiny, T):
     assert np.allclose(res.fused.joints, constant_bone_lengths(mean).numpy(), atol=1e-6)
     free = refine_pose2d(_pose2d(T, T), tiny, bones="free")
     assert np.allclose(free.fused.joints, (free.dd.joints + free.pp.joints) / 2, atol=1e-6)
+
+
+def _mirrored(p: Pose2D) -> Pose2D:
+    kp = p.keypoints[:, H36M17.flip_index].copy()
+    kp[..., 0] = p.image_size[0] - kp[..., 0]
+    return Pose2D(kp, p.scores[:, H36M17.flip_index], p.image_size, p.fps, "h36m17")
+
+
+def test_mirror_average_makes_the_lift_mirror_equivariant(tiny):
+    p = _pose2d(20, 3, layout="h36m17")
+    for average, equal in ((True, True), (False, False)):
+        a = lift_pose(p, tiny, mirror_average=average).joints
+        b = lift_pose(_mirrored(p), tiny, mirror_average=average).joints
+        assert np.allclose(H36M17.mirror(a), b, atol=1e-5) == equal
+    plain = lift_pose(p, tiny, mirror_average=False).joints
+    back = H36M17.mirror(lift_pose(_mirrored(p), tiny, mirror_average=False).joints)
+    np.testing.assert_allclose(lift_pose(p, tiny).joints, (plain + back) / 2, atol=1e-6)
 
 
 def test_lift_pose_errors(tiny):

@@ -22,6 +22,21 @@ def test_h36m_layout_facts():
     assert HALPE26.num_joints == len(HALPE26.parents) == 26
 
 
+def test_mirror_swaps_sides_and_negates_x_for_numpy_and_torch():
+    import torch
+
+    pose = np.arange(17 * 3, dtype=np.float32).reshape(17, 3)
+    m = H36M17.mirror(pose)
+    assert m[4].tolist() == [-3.0, 4.0, 5.0] and m[1].tolist() == [-12.0, 13.0, 14.0]   # r_hip ↔ l_hip
+    assert m[0].tolist() == [0.0, 1.0, 2.0]                                              # pelvis stays
+    assert pose[4].tolist() == [12.0, 13.0, 14.0]                                        # input untouched
+    np.testing.assert_array_equal(H36M17.mirror(m), pose)
+    t = torch.from_numpy(pose)[None].repeat(2, 1, 1)
+    np.testing.assert_array_equal(H36M17.mirror(t)[1].numpy(), m)
+    with pytest.raises(ValueError, match="17"):
+        H36M17.mirror(np.zeros((5, 16, 3)))
+
+
 def test_halpe_uses_its_own_hip_neck_head():
     kp = np.zeros((1, 26, 2))
     kp[0, 19] = [10, 20]   # hip

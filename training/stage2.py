@@ -31,7 +31,7 @@ from einops import rearrange
 from torch import nn
 
 from finephys_core.camera import bone_vectors, fuse
-from finephys_core.lifting import ICLLifter, LifterConfig
+from finephys_core.lifting import ICLLifter, LifterConfig, mirror_averaged
 from finephys_core.physics import PhysNet, PhysNetConfig
 from finephys_core.pose_model import (PoseModel, build_prompt_bank, load_pose_model, mean_prior_from_clips,
                                       prompt_features, save_pose_model)
@@ -51,12 +51,16 @@ DEFAULTS = {
     "loss": {"fused": 1.0, "noise": 1.0, "dd": 0.0, "pp": 0.0, "velocity": 0.0, "bone": 0.0},
     "prompt_bank": 64, "prior_windows": 4000,
     "init": None,                     # a pose model file to start from
-    "train": "all",                   # "all": lifter + PhysNet; "physnet": lifter frozen (needs init)
+    "train": "all",                   # "all": lifter + PhysNet; "physnet": lifter frozen (needs init);
+                                      # "lifter": PhysNet neither run nor trained, loss on S_dd only
     "fresh_physnet": False,           # with init: a new PhysNet built from the "physnet" config
     "eval": {"data": None, "max_clips": 24},
     "output": "pose_model.safetensors",
     "stop_after": None,               # end after that many steps of this call (a simulated kill, for tests)
 }
+
+
+TRAIN_MODES = ("all", "lifter", "physnet")
 
 
 class PoseStack(nn.Module):
@@ -66,15 +70,21 @@ class PoseStack(nn.Module):
         super().__init__()
         self.lifter, self.physnet = lifter, physnet
 
+    def lift(self, prompt_2d, prompt_3d, query_2d, prior, windows: int):
+        """query_2d (B, n·W, 17, 3); prompts (B·n, W, 17, 3), one per lifter window; prior (W, 17, 3)
+        → S_dd (B, n·W, 17, 3)."""
+        B = query_2d.shape[0]
+        q = rearrange(query_2d, "b (n w) j c -> (b n) w j c", n=windows)
+        s_dd = self.lifter(prompt_2d, prompt_3d, q, prior.expand(B * windows, -1, -1, -1))
+        return rearrange(s_dd, "(b n) w j c -> b (n w) j c", b=B)
+
     def forward(self, prompt_2d, prompt_3d, query_2d, prior, dt, windows: int, s_dd=None):
-        """query_2d (B, n·W, 17, 3); prompts (B·n, W, 17, 3), one per lifter window; prior (W, 17, 3); dt (B,)
-        → (S_dd (B, n·W, 17, 3), PhysNetOutput). A given ``s_dd`` skips the lifter (frozen-lifter training)."""
+        """:meth:`lift` then PhysNet on S_dd with steps dt (B,) → (S_dd, PhysNetOutput). A given ``s_dd``
+        skips the lifter (frozen-lifter training); dt None skips PhysNet (lifter-only training: (S_dd, None)).
+        Training calls go through forward, not :meth:`lift`, so a DDP wrapper sees them."""
         if s_dd is None:
-            B = query_2d.shape[0]
-            q = rearrange(query_2d, "b (n w) j c -> (b n) w j c", n=windows)
-            s_dd = self.lifter(prompt_2d, prompt_3d, q, prior.expand(B * windows, -1, -1, -1))
-            s_dd = rearrange(s_dd, "(b n) w j c -> b (n w) j c", b=B)
-        return s_dd, self.physnet(s_dd, dt)
+            s_dd = self.lift(prompt_2d, prompt_3d, query_2d, prior, windows)
+        return s_dd, None if dt is None else self.physnet(s_dd, dt)
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -163,10 +173,8 @@ def augment(batch: dict, rng: np.random.Generator, clean_fraction: float, flip_p
     clean = torch.from_numpy(rng.random(B) < clean_fraction)
     batch["pose2d"] = torch.where(clean[:, None, None, None], batch["pose2d_clean"], batch["pose2d"])
     flip = torch.from_numpy(rng.random(B) < flip_prob)[:, None, None, None]
-    perm = torch.from_numpy(H36M17.flip_index)
-    sign = torch.tensor([-1.0, 1.0, 1.0])
     for k in ("pose2d", "pose2d_clean", "pose3d"):
-        batch[k] = torch.where(flip, batch[k][..., perm, :] * sign, batch[k])
+        batch[k] = torch.where(flip, H36M17.mirror(batch[k]), batch[k])
     return batch
 
 
@@ -207,19 +215,28 @@ def bone_variance(joints: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def losses(stack: PoseStack, batch: dict, bank, prior, cfg: dict, windows: int) -> dict[str, torch.Tensor]:
-    """Eq. 19 (+ the configured options) on a batch; with ``s_dd`` in the batch the lifter is skipped."""
-    if "s_dd" in batch:
-        s_dd, out = stack(None, None, None, None, batch["dt"], windows, s_dd=batch["s_dd"])
-    else:
-        p2d, p3d = nearest_prompts(bank[0], bank[1], batch["pose2d"], windows)
-        s_dd, out = stack(p2d, p3d, batch["pose2d"], prior, batch["dt"], windows)
-    fused = fuse(s_dd, out.s_pp, cfg["fuse_weight"])
+    """Eq. 19 (+ the configured options) on a batch; with ``s_dd`` in the batch the lifter is skipped.
+    With train='lifter' PhysNet is not run and the loss is eq. 19's squared error on S_dd alone."""
     gt = batch["pose3d"]
     mask = (batch["valid"] & batch["has_3d"][:, None]).float()          # (B, T)
     frames = mask.sum().clamp_min(1.0)
 
     def sq(x):  # Σ_j ‖x − S‖² averaged over valid frames
         return (((x - gt) ** 2).sum((-1, -2)) * mask).sum() / frames
+
+    def mpjpe_mm(x):
+        with torch.no_grad():
+            return 1000 * ((x - gt).norm(dim=-1).mean(-1) * mask).sum() / frames
+
+    if "s_dd" in batch:
+        s_dd, out = stack(None, None, None, None, batch["dt"], windows, s_dd=batch["s_dd"])
+    else:
+        p2d, p3d = nearest_prompts(bank[0], bank[1], batch["pose2d"], windows)
+        if cfg["train"] == "lifter":
+            s_dd, _ = stack(p2d, p3d, batch["pose2d"], prior, None, windows)
+            return {"loss": sq(s_dd), "mpjpe_dd_mm": mpjpe_mm(s_dd)}
+        s_dd, out = stack(p2d, p3d, batch["pose2d"], prior, batch["dt"], windows)
+    fused = fuse(s_dd, out.s_pp, cfg["fuse_weight"])
     w = cfg["loss"]
     parts = {"l3d": sq(fused), "noise": out.noise_loss / fused.shape[1]}
     loss = w["fused"] * parts["l3d"] + w["noise"] * parts["noise"]
@@ -238,22 +255,21 @@ def losses(stack: PoseStack, batch: dict, bank, prior, cfg: dict, windows: int) 
         dv = (fused.diff(dim=1) - gt.diff(dim=1)) / dt
         parts["velocity"] = ((dv ** 2).sum((-1, -2)) * vm).sum() / vm.sum().clamp_min(1.0)
         loss = loss + w["velocity"] * parts["velocity"]
-    with torch.no_grad():
-        parts["mpjpe_mm"] = 1000 * ((fused - gt).norm(dim=-1).mean(-1) * mask).sum() / frames
-        parts["mpjpe_dd_mm"] = 1000 * ((s_dd - gt).norm(dim=-1).mean(-1) * mask).sum() / frames
+    parts["mpjpe_mm"], parts["mpjpe_dd_mm"] = mpjpe_mm(fused), mpjpe_mm(s_dd)
     return {"loss": loss, **parts}
 
 
 def lift_pool(model: PoseModel, pool: dict, windows: int, batch: int = 64) -> torch.Tensor:
-    """S_dd (N, n·W, 17, 3) of every pool item with a frozen lifter (nearest prompts, as at inference)."""
-    out = []
+    """S_dd (N, n·W, 17, 3) of every pool item with a frozen lifter, lifted as inference lifts (nearest
+    prompts, mirror-averaged: ``refine.lift_pose``'s default)."""
     stack = PoseStack(model.lifter, model.physnet).eval()
+
+    def lift(q):
+        p2d, p3d = nearest_prompts(model.prompt_2d, model.prompt_3d, q, windows)
+        return stack.lift(p2d, p3d, q, model.mean_prior, windows)
     with torch.no_grad():
-        for c in range(0, len(pool["dt"]), batch):
-            q = pool["pose2d"][c:c + batch]
-            p2d, p3d = nearest_prompts(model.prompt_2d, model.prompt_3d, q, windows)
-            out.append(stack(p2d, p3d, q, model.mean_prior, pool["dt"][c:c + batch], windows)[0])
-    return torch.cat(out)
+        return torch.cat([mirror_averaged(lift, pool["pose2d"][c:c + batch])
+                          for c in range(0, len(pool["dt"]), batch)])
 
 
 # ------------------------------------------------------------------------------------------------- stage
@@ -281,7 +297,7 @@ def build_models(cfg: dict) -> tuple[ICLLifter, PhysNet, PoseModel | None]:
     if cfg.get("init"):
         m = load_pose_model(cfg["init"])
         return m.lifter, m.physnet, m
-    if cfg["train"] != "all":
+    if cfg["train"] == "physnet":
         raise ValueError("train='physnet' needs init=<a trained pose model> for its lifter")
     return ICLLifter(LifterConfig.from_dict(cfg["lifter"])), PhysNet(PhysNetConfig.from_dict(cfg["physnet"])), None
 
@@ -299,6 +315,8 @@ def evaluate_model(model: PoseModel, data_path, max_clips: int | None) -> dict:
 
 def run(config: dict, args) -> dict:
     cfg = common.merge_config(DEFAULTS, config)
+    if cfg["train"] not in TRAIN_MODES:
+        raise ValueError(f"train must be one of {TRAIN_MODES}; got {cfg['train']!r}")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=1))
@@ -319,6 +337,10 @@ def run(config: dict, args) -> dict:
         pool = build_pool(ds, probs, int(cfg["pool_size"]), cfg["seed"], cache)
     stack = PoseStack(lifter, physnet)
     params = stack.parameters()
+    if cfg["train"] == "lifter":
+        for p in physnet.parameters():
+            p.requires_grad_(False)
+        params = lifter.parameters()
     if cfg["train"] == "physnet":  # frozen lifter: S_dd computed once per pool item
         if pool is None:
             raise ValueError("train='physnet' needs pool_size > 0 (S_dd is cached per pool item)")
@@ -347,7 +369,7 @@ def run(config: dict, args) -> dict:
     model = PoseModel(lifter, physnet, bank_2d, bank_3d, prior,
                       {"trained": True, "stage": 2, "steps": int(cfg["max_steps"]), "config": cfg,
                        "train_seconds": round(train_s, 1)}).eval()
-    for p in lifter.parameters():
+    for p in stack.parameters():
         p.requires_grad_(True)
     path = save_pose_model(model, out_dir / cfg["output"])
     report = {"weights": str(path), "train_seconds": round(train_s, 1)}
