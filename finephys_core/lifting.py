@@ -9,8 +9,8 @@ is a residual on the prior: ``S_dd = root_relative(P̄3D + head(tokens))``.
 
 Two token kinds (``LifterConfig.tokens``): 'joint' is the DSTformer layout above; 'frame' carries a whole
 pose (2D + 3D of all 17 joints) per token and attends over the 2T frames only. For the same CPU time the
-frame lifter can be far wider; it is what the shipped weights use (held-out fused MPJPE 109 mm against 161 mm
-for the joint lifter that fit the same training hour, README).
+frame lifter can be far wider; it is what the shipped weights use (in the same training hour it reached
+held-out fused MPJPE 109 mm against 161 mm for the joint lifter, README).
 
 Conventions (the training code builds its inputs the same way, through :func:`lifter_inputs`):
 

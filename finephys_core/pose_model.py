@@ -254,8 +254,12 @@ def _load_state(module: torch.nn.Module, prefix: str, tensors: dict, path: Path)
     module.load_state_dict(given, strict=True)
 
 
-def load_pose_model(path: str | Path, device="cpu") -> PoseModel:
-    """Read a file written by :func:`save_pose_model`; :class:`WeightsError` / FileNotFoundError otherwise."""
+def load_pose_model(path: str | Path, device="cpu", physnet_config: PhysNetConfig | None = None) -> PoseModel:
+    """Read a file written by :func:`save_pose_model`; :class:`WeightsError` / FileNotFoundError otherwise.
+
+    ``physnet_config``: a NEW (untrained) PhysNet of that config instead of the file's, whose PhysNet tensors
+    are then not read — training a PhysNet variant on a trained lifter, even after PhysNet's code changed.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pose model weights not found: {path}")
@@ -270,9 +274,12 @@ def load_pose_model(path: str | Path, device="cpu") -> PoseModel:
         raise WeightsError(f"{path.name} has pose model format version {version}; this FinePhys reads up to "
                            f"{FORMAT_VERSION} (update the node pack)")
     lifter = ICLLifter(_config(metadata, "lifter_config", LifterConfig, path))
-    physnet = PhysNet(_config(metadata, "physnet_config", PhysNetConfig, path))
     _load_state(lifter, "lifter", tensors, path)
-    _load_state(physnet, "physnet", tensors, path)
+    if physnet_config is None:
+        physnet = PhysNet(_config(metadata, "physnet_config", PhysNetConfig, path))
+        _load_state(physnet, "physnet", tensors, path)
+    else:
+        physnet = PhysNet(physnet_config)
     missing = [k for k in ("prompt_2d", "prompt_3d", "mean_prior") if k not in tensors]
     if missing:
         raise WeightsError(f"{path.name} lacks the tensors {missing}")

@@ -274,28 +274,12 @@ def lift_pool(model: PoseModel, pool: dict, windows: int, batch: int = 64) -> to
 
 # ------------------------------------------------------------------------------------------------- stage
 
-def load_lifter(path, physnet_config: dict | None = None) -> PoseModel:
-    """The lifter, prompt bank and prior of a pose model file with a NEW PhysNet (``physnet_config``): reads
-    files whose PhysNet tensors no longer match the current PhysNet code."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    lifter = ICLLifter(LifterConfig.from_dict(json.loads(meta["lifter_config"])))
-    lifter.load_state_dict({k[len("lifter."):]: v for k, v in tensors.items() if k.startswith("lifter.")})
-    return PoseModel(lifter, PhysNet(PhysNetConfig.from_dict(physnet_config or {})), tensors["prompt_2d"],
-                     tensors["prompt_3d"], tensors["mean_prior"], json.loads(meta.get("meta", "{}")))
-
-
 def build_models(cfg: dict) -> tuple[ICLLifter, PhysNet, PoseModel | None]:
     """From ``init`` (a pose model; ``fresh_physnet`` replaces its PhysNet by a new one of config
     ``physnet``) or new from the ``lifter`` and ``physnet`` configs."""
-    if cfg.get("init") and cfg.get("fresh_physnet"):
-        m = load_lifter(cfg["init"], cfg["physnet"])
-        return m.lifter, m.physnet, m
     if cfg.get("init"):
-        m = load_pose_model(cfg["init"])
+        fresh = PhysNetConfig.from_dict(cfg["physnet"]) if cfg.get("fresh_physnet") else None
+        m = load_pose_model(cfg["init"], physnet_config=fresh)
         return m.lifter, m.physnet, m
     if cfg["train"] == "physnet":
         raise ValueError("train='physnet' needs init=<a trained pose model> for its lifter")
