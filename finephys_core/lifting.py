@@ -276,12 +276,14 @@ def _window_prompts(prompt, wins: Tensor) -> tuple[Tensor, Tensor]:
 def lift_windows(model: Callable[..., Tensor], query_2d, prompt, prior, window: int | None = None,
                  overlap: int = 4, batch_size: int = 64,
                  progress: Callable[[int], None] | None = None) -> Tensor:
-    """Lift a clip of any length. query_2d: (T, 17, 3) normalize_screen output → S_dd (T, 17, 3).
+    """Lift a clip of any length. query_2d: (T, 17, 3) normalize_screen output → S_dd (T, 17, 3); or
+    a batch of clips of one length (B, T, 17, 3) → (B, T, 17, 3), all their windows in the same batches.
 
     prompt: a pair (P2D, P3D), each (W, 17, 3) or (K, W, 17, 3), used for every window; or a function
     windows (n, W, 17, 3) → pair each (n, K, W, 17, 3) choosing per window. K prompts: outputs averaged.
     prior: (W, 17, 3). T < W: edge-replicated to W, then cropped. T > W: windows every W - overlap frames
-    (the last aligned to the clip end), batched, cross-faded with :func:`blend_weights`.
+    (the last aligned to the clip end), up to ``batch_size`` per clip in one lifter call, cross-faded with
+    :func:`blend_weights`.
     ``model`` is an :class:`ICLLifter` (or any callable with its forward signature).
     """
     window = window or model.config.window
@@ -289,38 +291,45 @@ def lift_windows(model: Callable[..., Tensor], query_2d, prompt, prior, window: 
         raise ValueError(f"overlap must be in [0, {window}); got {overlap}")
     q = torch.as_tensor(np.asarray(query_2d) if not isinstance(query_2d, Tensor) else query_2d,
                         dtype=torch.float32)
-    if q.ndim != 3 or q.shape[1:] != (NUM_JOINTS, 3) or q.shape[0] == 0:
-        raise ValueError(f"query_2d must be (T, {NUM_JOINTS}, 3) with T ≥ 1; got {tuple(q.shape)}")
+    single = q.ndim == 3
+    if single:
+        q = q[None]
+    if q.ndim != 4 or q.shape[2:] != (NUM_JOINTS, 3) or q.shape[1] == 0:
+        raise ValueError(f"query_2d must be (T, {NUM_JOINTS}, 3) or (B, T, {NUM_JOINTS}, 3) with T ≥ 1; "
+                         f"got {tuple(q.shape) if not single else tuple(q.shape[1:])}")
     prior = torch.as_tensor(prior, dtype=torch.float32, device=q.device)
     if prior.shape != (window, NUM_JOINTS, 3):
         raise ValueError(f"prior must be ({window}, {NUM_JOINTS}, 3); got {tuple(prior.shape)}")
-    T = q.shape[0]
+    B, T = q.shape[:2]
     if T < window:
-        q = torch.cat([q, q[-1:].expand(window - T, -1, -1)], 0)
+        q = torch.cat([q, q[:, -1:].expand(-1, window - T, -1, -1)], 1)
     starts = window_starts(T, window, overlap)
-    out = q.new_zeros(max(T, window), NUM_JOINTS, 3)
+    out = q.new_zeros(B, max(T, window), NUM_JOINTS, 3)
     weight = q.new_zeros(max(T, window), 1, 1)
     for c in range(0, len(starts), batch_size):
         chunk = starts[c:c + batch_size]
-        wins = torch.stack([q[s:s + window] for s in chunk])                   # (n, W, 17, 3)
-        p2d, p3d = _window_prompts(prompt, wins)                               # (n, K, W, 17, 3)
-        n, K = p2d.shape[:2]
+        wins = torch.stack([q[:, s:s + window] for s in chunk], 1).flatten(0, 1)   # (B·n, W, 17, 3)
+        p2d, p3d = _window_prompts(prompt, wins)                                   # (B·n, K, W, 17, 3)
+        K = p2d.shape[1]
         pred = model(p2d.flatten(0, 1), p3d.flatten(0, 1), wins.repeat_interleave(K, 0),
-                     prior.expand(n * K, -1, -1, -1))
-        pred = rearrange(pred, "(n k) w j c -> n k w j c", k=K).mean(1)
+                     prior.expand(len(wins) * K, -1, -1, -1))
+        pred = rearrange(pred, "(b n k) w j c -> b n k w j c", b=B, k=K).mean(2)
         for i, s in enumerate(chunk):
             w = blend_weights(window, overlap, first=s == 0, last=s + window >= T).to(q)[:, None, None]
-            out[s:s + window] += pred[i] * w
+            out[:, s:s + window] += pred[:, i] * w
             weight[s:s + window] += w
         if progress is not None:
             progress(len(chunk))
-    return (out / weight)[:T]
+    out = (out / weight)[:, :T]
+    return out[0] if single else out
 
 
 def mirror_averaged(lift: Callable[[Tensor], Tensor], query_2d: Tensor) -> Tensor:
     """Left↔right test-time augmentation (VideoPose3D, MotionBERT): the mean of ``lift(query)`` and the
-    un-mirrored lift of the mirrored query. Exactly mirror-equivariant. query_2d (…, 17, 3) → (…, 17, 3)."""
-    return (lift(query_2d) + H36M17.mirror(lift(H36M17.mirror(query_2d)))) / 2
+    un-mirrored lift of the mirrored query. Exactly mirror-equivariant. query_2d (B, …, 17, 3) → (B, …, 17, 3);
+    ``lift`` maps a batch to a batch and gets the queries and their mirror images in one call of 2B."""
+    direct, mirrored = lift(torch.cat([query_2d, H36M17.mirror(query_2d)])).chunk(2)
+    return (direct + H36M17.mirror(mirrored)) / 2
 
 
 def count_parameters(module: nn.Module) -> int:

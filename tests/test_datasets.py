@@ -10,6 +10,7 @@ from finephys_core.skeleton import COCO17
 from training import datasets as ds
 from training import synth
 from training.corruption import CorruptionConfig
+from training.synth_camera import CameraConfig
 
 
 def _walker(T: int, rng) -> np.ndarray:
@@ -172,6 +173,14 @@ def test_synth_windows_geometry_and_corruption(tmp_path):
     assert not torch.allclose(aug["pose3d"], item["pose3d"])
     bones = lambda p: torch.linalg.norm(p[:, 1:4] - p[:, 0:3], dim=-1)  # noqa: E731
     torch.testing.assert_close(bones(aug["pose3d"]), bones(item["pose3d"]), atol=1e-4, rtol=0)
+
+    # the re-view cameras come from the given ranges: seen from above, the body's up axis points at the camera
+    def up_in_camera(elevation):
+        cam = CameraConfig(elevation_deg=(elevation, elevation), roll_deg=0.0)
+        up = ds.ClipWindows([src], window=16, stride=8, camera=cam)[0]["pose3d"][:, 8].mean(0)  # pelvis → thorax
+        return up / up.norm()
+    assert float(up_in_camera(0.0)[1]) < -0.9                  # level camera: up is image-up (−y)
+    assert float(up_in_camera(80.0)[2]) < -0.9                 # from above: up points back at the camera (−z)
 
     # corruption: deterministic per (seed, epoch, index), different across epochs, clean copy kept
     c1 = ds.ClipWindows([src], window=16, corruption=CorruptionConfig(), camera_aug=False, seed=3)

@@ -119,6 +119,19 @@ def test_several_prompts_are_averaged(lifter):
     assert torch.allclose(both, (one + two) / 2, atol=1e-5)
 
 
+def test_batch_of_clips_equals_clips_lifted_one_by_one(lifter):
+    """Clips lifted together (their windows in shared batches, prompts chosen per window) = each alone."""
+    clips, prior = torch.stack([_pose2d(2 * W + 3, 7), _pose2d(2 * W + 3, 8)]), torch.randn(W, 17, 3) * 0.3
+    bank = torch.stack([_prompt(1)[0], _prompt(2)[0]]), torch.stack([_prompt(1)[1], _prompt(2)[1]])
+    nearest = lambda wins: tuple(p[(wins[:, 0, 0, 0] > 0).long()][:, None] for p in bank)  # noqa: E731
+    with torch.no_grad():
+        together = lift_windows(lifter, clips, nearest, prior, W, 2, batch_size=2)
+        alone = torch.stack([lift_windows(lifter, c, nearest, prior, W, 2) for c in clips])
+    assert together.shape == (2, 2 * W + 3, 17, 3)
+    assert torch.allclose(together, alone, atol=1e-5)
+    assert not torch.allclose(together[0], together[1], atol=1e-3)
+
+
 def test_window_starts_cover_clip_linearly():
     assert window_starts(5, 8, 2) == [0]
     assert window_starts(8, 8, 2) == [0]

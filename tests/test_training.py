@@ -187,13 +187,18 @@ def test_stage2_and_stage3_smoke(tmp_path, shard_dir):
     assert torch.equal(alt.mean_prior, model.mean_prior)
 
     cfg2c = _cfg(tmp_path, "s2c.json", data=data, max_steps=2, init=report["weights"], train="lifter",
-                 eval={"data": None})
+                 loss={"norm": "l2"}, camera={"distance": [20.0, 30.0]}, eval={"data": None})
     lifted = load_pose_model(run_stage_main(["--stage", "2", "--config", str(cfg2c), "--out",
                                              str(tmp_path / "s2c")])["weights"])
     assert all(torch.equal(a, b) for a, b in zip(model.physnet.parameters(), lifted.physnet.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(model.lifter.parameters(), lifted.lifter.parameters()))
     assert set(common.read_log(tmp_path / "s2c")[0]) >= {"loss", "mpjpe_dd_mm"}
     assert "l3d" not in common.read_log(tmp_path / "s2c")[0]        # PhysNet is not run
+    for rec in common.read_log(tmp_path / "s2c"):                     # norm l2: Σ_j ‖Ŝ − S‖ = 17 · MPJPE
+        assert rec["loss"] == pytest.approx(17 * rec["mpjpe_dd_mm"] / 1000, rel=1e-4)
+    with pytest.raises(ValueError, match="loss.norm must be one of"):
+        run_stage_main(["--stage", "2", "--config", str(_cfg(tmp_path, "bad.json", data=data, loss={"norm": "l1"})),
+                        "--out", str(tmp_path / "bad")])
     with pytest.raises(ValueError, match="train must be one of"):
         run_stage_main(["--stage", "2", "--config", str(_cfg(tmp_path, "bad.json", data=data, train="physics")),
                         "--out", str(tmp_path / "bad")])

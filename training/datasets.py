@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from finephys_core.sequence import load_pose, normalize_screen, root_relative
 from training.corruption import CorruptionConfig, corrupt_2d
-from training.synth_camera import project, random_camera
+from training.synth_camera import CameraConfig, project, random_camera
 
 H36M_REMOVED = (4, 5, 9, 10, 11, 16, 20, 21, 22, 23, 24, 28, 29, 30, 31)
 H36M_KEPT = tuple(i for i in range(32) if i not in H36M_REMOVED)
@@ -253,17 +253,19 @@ class ClipWindows(Dataset):
         corruption: a CorruptionConfig to corrupt clean 2D, or None. severity: its strength.
         camera_aug: re-view clips that have world joints and no detections through a fresh random camera
             each time (synthetic, H36M without a detection file, AMASS); AMASS always needs it (no camera).
+        camera: the ranges those random cameras are drawn from (default: synth's training cameras).
         seed: base of the per-item random streams; call ``set_epoch`` to vary them between epochs.
     """
 
     def __init__(self, sources, window: int = 16, stride: int | None = None, fps_resample: float | None = None,
                  corruption: CorruptionConfig | None = None, camera_aug: bool = True, severity: float = 1.0,
-                 seed: int = 0):
+                 seed: int = 0, camera: CameraConfig | None = None):
         if window < 2:
             raise ValueError(f"window must be at least 2 frames; got {window}")
         self.window, self.stride = window, stride or max(window // 2, 1)
         self.fps_resample, self.corruption, self.severity = fps_resample, corruption, severity
         self.camera_aug, self.seed, self.epoch = camera_aug, seed, 0
+        self.camera = camera or CameraConfig()
         self.clips: list[Clip] = [c for s in sources for c in s.clips]
         self.index: list[tuple[int, int, int]] = []  # (clip, frame step, start)
         for ci, clip in enumerate(self.clips):
@@ -319,7 +321,7 @@ class ClipWindows(Dataset):
         """(keypoints px, scores or None, image size, camera-frame joints or None) for the window."""
         if clip.joints_world is not None and not clip.detected and (self.camera_aug or clip.keypoints is None):
             world = clip.joints_world[frames].astype(np.float64)
-            K, R, t, size = random_camera(world, rng)
+            K, R, t, size = random_camera(world, rng, self.camera)
             jc = world @ R.T + t
             return project(jc, K).astype(np.float32), None, size, jc
         if clip.keypoints is None:

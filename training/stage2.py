@@ -4,7 +4,9 @@
 
 Both sums are averaged over the frames of the batch (the paper's sums over t, divided by the window length
 and batch size, so the learning rate does not depend on them; the ratio of the two terms is the paper's).
-Options (config ``loss``), all 0 in the paper's setting:
+Options (config ``loss``), all 0 in the paper's setting (``norm`` 'squared'):
+  ``norm``: 'squared' (eq. 19) or 'l2': Σ_j ‖Ŝ_tj − S_tj‖ (MPJPE itself, VideoPose3D's loss) in every
+  pose-error term; it weighs hard frames (upside down, detector failures) less than the square does;
   ``dd``/``pp``: the same squared error on S_dd and on S_pp alone (keeps each branch a usable pose on its
   own, so "fused vs S_dd" compares two real estimates, not two halves of one);
   ``velocity``: squared error of frame differences of Ŝ (per dt², i.e. m/s);
@@ -46,9 +48,10 @@ DEFAULTS = {
     "pool_size": 0,                   # > 0: draw that many items once and reuse them (see build_pool)
     "lifter": {}, "physnet": {},
     "data": {"synth": {"path": "training/data/synth", "weight": 1.0}},
+    "camera": {},                     # ranges of the random re-view cameras (training.synth_camera.CameraConfig)
     "corruption": {}, "severity": 1.0, "clean_fraction": 0.1, "flip_prob": 0.5,
     "fuse_weight": 0.5,
-    "loss": {"fused": 1.0, "noise": 1.0, "dd": 0.0, "pp": 0.0, "velocity": 0.0, "bone": 0.0},
+    "loss": {"fused": 1.0, "noise": 1.0, "dd": 0.0, "pp": 0.0, "velocity": 0.0, "bone": 0.0, "norm": "squared"},
     "prompt_bank": 64, "prior_windows": 4000,
     "init": None,                     # a pose model file to start from
     "train": "all",                   # "all": lifter + PhysNet; "physnet": lifter frozen (needs init);
@@ -61,6 +64,7 @@ DEFAULTS = {
 
 
 TRAIN_MODES = ("all", "lifter", "physnet")
+LOSS_NORMS = ("squared", "l2")
 
 
 class PoseStack(nn.Module):
@@ -89,9 +93,12 @@ class PoseStack(nn.Module):
 
 # ------------------------------------------------------------------------------------------------- data
 
-def build_dataset(data_cfg: dict, window: int, corruption: CorruptionConfig | None, severity: float, seed: int):
-    """ClipWindows over the configured sources; returns (dataset, per-item sampling weights)."""
+def build_dataset(data_cfg: dict, window: int, corruption: CorruptionConfig | None, severity: float, seed: int,
+                  camera: dict | None = None):
+    """ClipWindows over the configured sources, re-viewed by cameras of ``camera`` (CameraConfig fields;
+    empty: the training cameras); returns (dataset, per-item sampling weights)."""
     from training import datasets as D
+    from training.synth_camera import CameraConfig
 
     sources, weights = [], []
     for name, spec in data_cfg.items():
@@ -113,7 +120,8 @@ def build_dataset(data_cfg: dict, window: int, corruption: CorruptionConfig | No
         weights.append(float(spec.get("weight", 1.0)))
     if not sources:
         raise ValueError("config 'data' names no source with a positive weight")
-    ds = D.ClipWindows(sources, window=window, corruption=corruption, severity=severity, seed=seed)
+    ds = D.ClipWindows(sources, window=window, corruption=corruption, severity=severity, seed=seed,
+                       camera=CameraConfig(**camera) if camera else None)
     clip_source = np.cumsum([0] + [len(s.clips) for s in sources])
     item_w = np.empty(len(ds))
     for i, (ci, _, _) in enumerate(ds.index):
@@ -221,8 +229,11 @@ def losses(stack: PoseStack, batch: dict, bank, prior, cfg: dict, windows: int) 
     mask = (batch["valid"] & batch["has_3d"][:, None]).float()          # (B, T)
     frames = mask.sum().clamp_min(1.0)
 
-    def sq(x):  # Σ_j ‖x − S‖² averaged over valid frames
-        return (((x - gt) ** 2).sum((-1, -2)) * mask).sum() / frames
+    def sq(x):  # Σ_j ‖x − S‖² (or Σ_j ‖x − S‖ with norm 'l2') averaged over valid frames
+        d = ((x - gt) ** 2).sum(-1)
+        if cfg["loss"]["norm"] == "l2":
+            d = d.clamp_min(1e-12).sqrt()
+        return (d.sum(-1) * mask).sum() / frames
 
     def mpjpe_mm(x):
         with torch.no_grad():
@@ -301,6 +312,8 @@ def run(config: dict, args) -> dict:
     cfg = common.merge_config(DEFAULTS, config)
     if cfg["train"] not in TRAIN_MODES:
         raise ValueError(f"train must be one of {TRAIN_MODES}; got {cfg['train']!r}")
+    if cfg["loss"]["norm"] not in LOSS_NORMS:
+        raise ValueError(f"loss.norm must be one of {LOSS_NORMS}; got {cfg['loss']['norm']!r}")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=1))
@@ -309,7 +322,7 @@ def run(config: dict, args) -> dict:
     lifter, physnet, init = build_models(cfg)
     W, n = lifter.config.window, int(cfg["windows"])
     corruption = CorruptionConfig(**cfg["corruption"]) if cfg["corruption"] is not None else None
-    ds, probs = build_dataset(cfg["data"], W * n, corruption, cfg["severity"], cfg["seed"])
+    ds, probs = build_dataset(cfg["data"], W * n, corruption, cfg["severity"], cfg["seed"], cfg["camera"])
     if init is not None:  # the lifter was trained with these prompts and prior: keep them
         bank_2d, bank_3d, prior = init.prompt_2d, init.prompt_3d, init.mean_prior
     else:

@@ -31,7 +31,7 @@ DEFAULTS = {
     "grad_clip": 1.0, "ckpt_every": 100, "log_every": 20, "windows": 2, "pool_size": 2048,
     "init": None,                     # the stage-2 pose model file (required)
     "data": {"synth": {"path": "training/data/synth", "weight": 1.0}},
-    "corruption": {}, "severity": 1.0, "fuse_weight": 0.5,
+    "camera": {}, "corruption": {}, "severity": 1.0, "fuse_weight": 0.5,
     "loss": {"reproj": 1.0, "noise": 1.0, "bone": 0.0},
     "eval": {"data": None, "max_clips": 24},
     "output": "pose_model.safetensors",
@@ -84,7 +84,8 @@ def run(config: dict, args) -> dict:
         p.requires_grad_(False)
     n = int(cfg["windows"])
     corruption = CorruptionConfig(**cfg["corruption"]) if cfg["corruption"] is not None else None
-    ds, probs = stage2.build_dataset(cfg["data"], model.window * n, corruption, cfg["severity"], cfg["seed"])
+    ds, probs = stage2.build_dataset(cfg["data"], model.window * n, corruption, cfg["severity"], cfg["seed"],
+                                     cfg["camera"])
     cache = out_dir / f"pool-{cfg['pool_size']}-{cfg['seed']}.pt"
     pool = stage2.build_pool(ds, probs, int(cfg["pool_size"]), cfg["seed"], cache)
     if "s_dd" not in pool:
