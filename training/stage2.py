@@ -7,7 +7,7 @@ and batch size, so the learning rate does not depend on them; the ratio of the t
 Options (config ``loss``), all 0 in the paper's setting (``norm`` 'squared'):
   ``norm``: 'squared' (eq. 19) or 'l2': Σ_j ‖Ŝ_tj − S_tj‖ (MPJPE itself, VideoPose3D's loss) in every
   pose-error term; it weighs hard frames (upside down, detector failures) less than the square does;
-  ``dd``/``pp``: the same squared error on S_dd and on S_pp alone (keeps each branch a usable pose on its
+  ``dd``/``pp``: the same pose error on S_dd and on S_pp alone (keeps each branch a usable pose on its
   own, so "fused vs S_dd" compares two real estimates, not two halves of one);
   ``velocity``: squared error of frame differences of Ŝ (per dt², i.e. m/s);
   ``bone``: Σ over bones of each bone length's variance over time, on S_dd and S_pp (rigid limbs; no labels).
@@ -224,12 +224,12 @@ def bone_variance(joints: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def losses(stack: PoseStack, batch: dict, bank, prior, cfg: dict, windows: int) -> dict[str, torch.Tensor]:
     """Eq. 19 (+ the configured options) on a batch; with ``s_dd`` in the batch the lifter is skipped.
-    With train='lifter' PhysNet is not run and the loss is eq. 19's squared error on S_dd alone."""
+    With train='lifter' PhysNet is not run and the loss is eq. 19's pose error on S_dd alone."""
     gt = batch["pose3d"]
     mask = (batch["valid"] & batch["has_3d"][:, None]).float()          # (B, T)
     frames = mask.sum().clamp_min(1.0)
 
-    def sq(x):  # Σ_j ‖x − S‖² (or Σ_j ‖x − S‖ with norm 'l2') averaged over valid frames
+    def pose_error(x):  # Σ_j ‖x − S‖² (or Σ_j ‖x − S‖ with norm 'l2') averaged over valid frames
         d = ((x - gt) ** 2).sum(-1)
         if cfg["loss"]["norm"] == "l2":
             d = d.clamp_min(1e-12).sqrt()
@@ -245,17 +245,17 @@ def losses(stack: PoseStack, batch: dict, bank, prior, cfg: dict, windows: int) 
         p2d, p3d = nearest_prompts(bank[0], bank[1], batch["pose2d"], windows)
         if cfg["train"] == "lifter":
             s_dd, _ = stack(p2d, p3d, batch["pose2d"], prior, None, windows)
-            return {"loss": sq(s_dd), "mpjpe_dd_mm": mpjpe_mm(s_dd)}
+            return {"loss": pose_error(s_dd), "mpjpe_dd_mm": mpjpe_mm(s_dd)}
         s_dd, out = stack(p2d, p3d, batch["pose2d"], prior, batch["dt"], windows)
     fused = fuse(s_dd, out.s_pp, cfg["fuse_weight"])
     w = cfg["loss"]
-    parts = {"l3d": sq(fused), "noise": out.noise_loss / fused.shape[1]}
+    parts = {"l3d": pose_error(fused), "noise": out.noise_loss / fused.shape[1]}
     loss = w["fused"] * parts["l3d"] + w["noise"] * parts["noise"]
     if w.get("dd"):
-        parts["dd"] = sq(s_dd)
+        parts["dd"] = pose_error(s_dd)
         loss = loss + w["dd"] * parts["dd"]
     if w.get("pp"):
-        parts["pp"] = sq(out.s_pp)
+        parts["pp"] = pose_error(out.s_pp)
         loss = loss + w["pp"] * parts["pp"]
     if w.get("bone"):
         parts["bone"] = bone_variance(s_dd, mask) + bone_variance(out.s_pp, mask)
