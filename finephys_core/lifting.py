@@ -291,12 +291,12 @@ def lift_windows(model: Callable[..., Tensor], query_2d, prompt, prior, window: 
         raise ValueError(f"overlap must be in [0, {window}); got {overlap}")
     q = torch.as_tensor(np.asarray(query_2d) if not isinstance(query_2d, Tensor) else query_2d,
                         dtype=torch.float32)
+    if q.ndim not in (3, 4) or q.shape[-2:] != (NUM_JOINTS, 3) or q.shape[-3] == 0:
+        raise ValueError(f"query_2d must be (T, {NUM_JOINTS}, 3) or (B, T, {NUM_JOINTS}, 3) with T ≥ 1; "
+                         f"got {tuple(q.shape)}")
     single = q.ndim == 3
     if single:
         q = q[None]
-    if q.ndim != 4 or q.shape[2:] != (NUM_JOINTS, 3) or q.shape[1] == 0:
-        raise ValueError(f"query_2d must be (T, {NUM_JOINTS}, 3) or (B, T, {NUM_JOINTS}, 3) with T ≥ 1; "
-                         f"got {tuple(q.shape) if not single else tuple(q.shape[1:])}")
     prior = torch.as_tensor(prior, dtype=torch.float32, device=q.device)
     if prior.shape != (window, NUM_JOINTS, 3):
         raise ValueError(f"prior must be ({window}, {NUM_JOINTS}, 3); got {tuple(prior.shape)}")

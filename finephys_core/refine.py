@@ -56,7 +56,8 @@ def lift_pose(pose2d: Pose2D, model: PoseModel, overlap: int = 4, num_prompts: i
     ``mirror_average``: also lift the clip's mirror image and average the two (un-mirrored), the
     left↔right test-time augmentation of VideoPose3D/MotionBERT; it makes the lift exactly
     mirror-equivariant and makes S_dd 2.7–3.4 mm more accurate on the held-out set (v4, v5 weights) for 2× the
-    lifter's work (the clip and its mirror image go through it as one batch). ``num_threads``: torch threads while lifting (see :func:`torch_threads`).
+    lifter's work (the clip and its mirror image go through it as one batch).
+    ``num_threads``: torch threads while lifting (see :func:`torch_threads`).
     """
     pose2d = _checked_2d(pose2d)
     query = torch.from_numpy(pose2d.normalized())
