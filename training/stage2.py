@@ -47,7 +47,7 @@ DEFAULTS = {
     "windows": 2,                     # lifter windows per training item (PhysNet sees windows × W frames)
     "pool_size": 0,                   # > 0: draw that many items once and reuse them (see build_pool)
     "lifter": {}, "physnet": {},
-    "data": {"synth": {"path": "training/data/synth", "weight": 1.0}},
+    "data": {"synth": {"path": "training/data/synth_train", "weight": 1.0}},
     "camera": {},                     # ranges of the random re-view cameras (training.synth_camera.CameraConfig)
     "corruption": {}, "severity": 1.0, "clean_fraction": 0.1, "flip_prob": 0.5,
     "fuse_weight": 0.5,

@@ -30,7 +30,7 @@ DEFAULTS = {
     "seed": 1, "max_steps": 300, "batch_size": 16, "lr": 2e-4, "weight_decay": 1e-4, "warmup": 20,
     "grad_clip": 1.0, "ckpt_every": 100, "log_every": 20, "windows": 2, "pool_size": 2048,
     "init": None,                     # the stage-2 pose model file (required)
-    "data": {"synth": {"path": "training/data/synth", "weight": 1.0}},
+    "data": {"synth": {"path": "training/data/synth_train", "weight": 1.0}},
     "camera": {}, "corruption": {}, "severity": 1.0, "fuse_weight": 0.5,
     "loss": {"reproj": 1.0, "noise": 1.0, "bone": 0.0},
     "eval": {"data": None, "max_clips": 24},

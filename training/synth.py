@@ -34,7 +34,7 @@ Per clip (arrays, T frames): joints_world (T,17,3) m (Z up), com_world (T,3), jo
 (no contact, no external force), contact (T,4) bool for CONTACT_PARTS, external (T,) bool, K (3,3), R (3,3),
 t (3,) with X_cam = R @ X_world + t, image_size (W,H), fps, class name/id, seed.
 
-CLI: ``python training/synth.py --out training/data/synth --motions 200 --views 8 --seed 0 --workers 2``
+CLI: ``python training/synth.py --out training/data/synth_train --motions 200 --views 8 --seed 0 --workers 2``
 writes ``shard_XXXXX.npz`` files (clips padded to the shard's longest, with ``num_frames``; ``class_id`` indexes
 the JSON list ``class_names``; all views of one motion share its ``seed``) and ``meta.json``. Evaluation sets:
 ``--cameras heldout --balanced`` (other camera ranges and image sizes, equal motions per class).
