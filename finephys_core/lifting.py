@@ -244,16 +244,17 @@ def window_starts(num_frames: int, window: int, overlap: int) -> list[int]:
 def blend_weights(window: int, overlap: int, first: bool, last: bool) -> Tensor:
     """(window,) cross-fade weights: a raised-cosine ramp over ``overlap`` frames at each inner edge.
 
-    Never zero, so every frame is covered; flat at the clip's own ends (``first`` / ``last``).
+    The rising and falling ramps multiply, so an overlap of more than half the window gives a symmetric
+    bump. Never zero, so every frame is covered; flat at the clip's own ends (``first`` / ``last``).
     """
-    w = torch.ones(window)
+    rise, fall = torch.ones(window), torch.ones(window)
     if overlap > 0:
         ramp = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(overlap) + 0.5) / overlap)
         if not first:
-            w[:overlap] = ramp
+            rise[:overlap] = ramp
         if not last:
-            w[window - overlap:] = ramp.flip(0)
-    return w
+            fall[window - overlap:] = ramp.flip(0)
+    return rise * fall
 
 
 def _window_prompts(prompt, wins: Tensor) -> tuple[Tensor, Tensor]:

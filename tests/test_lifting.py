@@ -162,6 +162,9 @@ def test_blending_is_continuous():
     w = blend_weights(8, 3, first=False, last=False)
     assert (w > 0).all()
     assert torch.allclose(w[:3] + w[-3:], torch.ones(3))  # complementary ramps sum to 1
+    wide = blend_weights(8, 6, first=False, last=False)   # overlap > window / 2: a symmetric bump
+    assert (wide > 0).all() and torch.allclose(wide, wide.flip(0)) and wide.argmax() in (3, 4)
+    assert torch.equal(blend_weights(8, 6, first=True, last=True), torch.ones(8))
 
 
 def test_lift_windows_rejects_bad_inputs(lifter):

@@ -20,7 +20,7 @@ from finephys_core.lifting import LifterConfig
 from finephys_core.physics import PhysNetConfig
 from finephys_core.pose_model import (PoseModel, WeightsError, build_prompt_bank, choose_prompt, choose_prompts,
                                       load_pose_model, mean_prior_from_clips, random_pose_model, save_pose_model)
-from finephys_core.refine import REFINE_STEPS, lift_pose, refine_pose2d
+from finephys_core.refine import REFINE_STEPS, default_overlap, lift_pose, refine_pose2d
 from finephys_core.sequence import Pose2D, PoseError
 from finephys_core.skeleton import H36M17
 
@@ -84,6 +84,14 @@ def test_mirror_average_makes_the_lift_mirror_equivariant(tiny):
     plain = lift_pose(p, tiny, mirror_average=False).joints
     back = H36M17.mirror(lift_pose(_mirrored(p), tiny, mirror_average=False).joints)
     np.testing.assert_allclose(lift_pose(p, tiny).joints, (plain + back) / 2, atol=1e-6)
+
+
+def test_long_clips_are_lifted_by_windows_every_quarter_window(tiny):
+    assert [default_overlap(w) for w in (32, 16, 8, 2, 1)] == [24, 12, 6, 1, 0]
+    p = _pose2d(40, 2, layout="h36m17")
+    default = lift_pose(p, tiny, mirror_average=False).joints
+    np.testing.assert_array_equal(default, lift_pose(p, tiny, overlap=6, mirror_average=False).joints)
+    assert not np.allclose(default, lift_pose(p, tiny, overlap=2, mirror_average=False).joints, atol=1e-4)
 
 
 def test_lift_pose_errors(tiny):
