@@ -46,13 +46,6 @@ def _checked_2d(pose2d: Pose2D) -> Pose2D:
     return pose2d.to_h36m().require_visible()
 
 
-def default_overlap(window: int) -> int:
-    """Windows every quarter window, so each frame of a long clip is lifted by about four windows and the
-    results averaged: with the shipped weights, validation S_dd 92.2 → 91.3 mm and fused 89.0 → 88.1 mm
-    against an overlap of 4 frames, for about 3× the lifter's work on long clips (one window: no change)."""
-    return window - max(window // 4, 1)
-
-
 def lift_pose(pose2d: Pose2D, model: PoseModel, overlap: int | None = None, num_prompts: int = 1,
               prompt_per_window: bool = True, num_threads: int | None = 1, mirror_average: bool = True) -> Pose3D:
     """LiftICL3D: any-length 2D clip (any supported layout) → Pose3D S_dd (source 'dd'), metres.
@@ -65,10 +58,9 @@ def lift_pose(pose2d: Pose2D, model: PoseModel, overlap: int | None = None, num_
     mirror-equivariant and makes S_dd 2.7–3.4 mm more accurate on the held-out set (v4, v5 weights) for 2× the
     lifter's work (the clip and its mirror image go through it as one batch).
     ``num_threads``: torch threads while lifting (see :func:`torch_threads`).
-    ``overlap``: frames shared by consecutive lifter windows (None: :func:`default_overlap`).
+    ``overlap``: frames shared by consecutive lifter windows (None: :func:`lifting.default_overlap`).
     """
     pose2d = _checked_2d(pose2d)
-    overlap = default_overlap(model.window) if overlap is None else overlap
     query = torch.from_numpy(pose2d.normalized())
     model.eval()
     device = model.mean_prior.device

@@ -16,11 +16,11 @@ from safetensors.torch import save_file
 from finephys_core import pose_model as pm
 from finephys_core.__main__ import main as cli_main
 from finephys_core.camera import constant_bone_lengths
-from finephys_core.lifting import LifterConfig
+from finephys_core.lifting import LifterConfig, default_overlap
 from finephys_core.physics import PhysNetConfig
 from finephys_core.pose_model import (PoseModel, WeightsError, build_prompt_bank, choose_prompt, choose_prompts,
                                       load_pose_model, mean_prior_from_clips, random_pose_model, save_pose_model)
-from finephys_core.refine import REFINE_STEPS, default_overlap, lift_pose, refine_pose2d
+from finephys_core.refine import REFINE_STEPS, lift_pose, refine_pose2d
 from finephys_core.sequence import Pose2D, PoseError
 from finephys_core.skeleton import H36M17
 
