@@ -54,7 +54,8 @@ def cmd_refine(args) -> int:
 
     pose2d = _load_input(Path(args.input), args.fps)
     model = load_pose_model(args.weights) if args.weights else default_pose_model()
-    res = refine_pose2d(pose2d, model, fuse_weight=args.fuse_weight, frame_stride=args.stride, bones=args.bones)
+    fuse = {} if args.fuse_weight is None else {"fuse_weight": args.fuse_weight}
+    res = refine_pose2d(pose2d, model, frame_stride=args.stride, bones=args.bones, **fuse)
     write_npz(args.output, refined_arrays(pose2d, res))
     print(f"refined {pose2d.num_frames} frames → {args.output}"
           f"{'' if model.trained else ' (UNTRAINED weights)'}", file=sys.stderr)
@@ -90,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", required=True, help="output .npz")
     r.add_argument("--weights", help="pose model .safetensors (default: the shipped weights)")
     r.add_argument("--fps", type=float, help="override the input's frame rate")
-    r.add_argument("--fuse-weight", type=float, default=0.5, help="weight of S_pp in the fusion (0.5 = mean)")
+    r.add_argument("--fuse-weight", type=float, default=None,
+                   help="weight of S_pp in the fusion (default: camera.DEFAULT_FUSE_WEIGHT, 0.7; 0.5 = the paper's "
+                        "mean)")
     r.add_argument("--bones", choices=("constant", "free"), default="constant",
                    help="fused pose: one length per bone for the clip (default) or the plain mean (paper)")
     r.add_argument("--stride", type=int, default=1,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import physics
-from .camera import fuse_poses
+from .camera import DEFAULT_FUSE_WEIGHT, fuse_poses
 from .lifting import lift_windows, mirror_averaged
 from .pose_model import PoseModel, choose_prompt, choose_prompts
 from .sequence import Pose2D, Pose3D, PoseError
@@ -90,7 +90,7 @@ class RefineResult:
     reprojected: Pose2D
 
 
-def refine_pose2d(pose2d: Pose2D, model: PoseModel, fuse_weight: float = 0.5, frame_stride: int = 1,
+def refine_pose2d(pose2d: Pose2D, model: PoseModel, fuse_weight: float = DEFAULT_FUSE_WEIGHT, frame_stride: int = 1,
                   progress: Callable[[int], None] | None = None, camera_model: str = "weak",
                   num_threads: int | None = 1, bones: str = "constant") -> RefineResult:
     """The whole pose stack on one clip. ``frame_stride``: see :func:`physics.refine_pose3d` (dt = stride/fps).

@@ -100,7 +100,7 @@ def test_fuse_poses_reprojects_detections_and_camera_matches():
     det = Pose2D(kp, scores, (640, 480), 30.0)
     dd = Pose3D(X + 0.01, 30.0, "dd")
     pp = Pose3D(X - 0.01, 30.0, "pp")
-    fused, reproj = fuse_poses(dd, pp, det, bones="free")   # random skeletons: bone lengths vary per frame
+    fused, reproj = fuse_poses(dd, pp, det, 0.5, bones="free")   # random skeletons: bone lengths vary per frame
     assert fused.source == "fused" and np.allclose(fused.joints, X, atol=1e-6)
     assert reproj.keypoints.shape == (6, 17, 2) and reproj.layout == "h36m17" and reproj.fps == 30.0
     assert np.abs(reproj.keypoints[scores > 0] - kp[scores > 0]).max() < 1e-3

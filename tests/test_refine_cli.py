@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from finephys_core import pose_model as pm
 from finephys_core.__main__ import main as cli_main
-from finephys_core.camera import constant_bone_lengths
+from finephys_core.camera import DEFAULT_FUSE_WEIGHT, constant_bone_lengths
 from finephys_core.lifting import LifterConfig, default_overlap
 from finephys_core.physics import PhysNetConfig
 from finephys_core.pose_model import (PoseModel, WeightsError, build_prompt_bank, choose_prompt, choose_prompts,
@@ -63,10 +63,11 @@ def test_refine_shapes(tiny, T):
         assert np.isfinite(pose.joints).all() and np.allclose(pose.joints[:, 0], 0, atol=1e-6)
     assert res.reprojected.keypoints.shape == (T, 17, 2) and np.isfinite(res.reprojected.keypoints).all()
     assert res.fused.camera is not None and res.fused.camera.translation.shape == (T, 3)
-    mean = torch.from_numpy((res.dd.joints.astype(np.float64) + res.pp.joints) / 2)
+    w = DEFAULT_FUSE_WEIGHT
+    mean = torch.from_numpy((1 - w) * res.dd.joints.astype(np.float64) + w * res.pp.joints)
     assert np.allclose(res.fused.joints, constant_bone_lengths(mean).numpy(), atol=1e-6)
     free = refine_pose2d(_pose2d(T, T), tiny, bones="free")
-    assert np.allclose(free.fused.joints, (free.dd.joints + free.pp.joints) / 2, atol=1e-6)
+    assert np.allclose(free.fused.joints, (1 - w) * free.dd.joints + w * free.pp.joints, atol=1e-6)
 
 
 def _mirrored(p: Pose2D) -> Pose2D:
@@ -240,6 +241,17 @@ def test_cli_round_trip_subprocess(tiny, weights, tmp_path):
     ref = refine_pose2d(p, tiny, fuse_weight=0.3)
     assert np.allclose(d["pose3d"], ref.fused.joints, atol=1e-5)
     assert np.allclose(d["pose2d_reproj"], ref.reprojected.keypoints, atol=1e-2)
+
+
+def test_cli_fuses_with_the_pipeline_default_weight(tiny, weights, tmp_path):
+    inp, out = _write_input(tmp_path / "in.npz"), tmp_path / "out.npz"
+    assert cli_main(["refine", str(inp), "-o", str(out), "--weights", str(weights), "--fps", "25"]) == 0
+    p = _pose2d(24, 1)
+    p.fps = 25.0
+    with np.load(out) as z:
+        np.testing.assert_allclose(z["pose3d"], refine_pose2d(p, tiny).fused.joints, atol=1e-5)
+    assert not np.allclose(refine_pose2d(p, tiny, fuse_weight=0.5).fused.joints,
+                           refine_pose2d(p, tiny).fused.joints, atol=1e-5)
 
 
 def test_cli_bad_inputs(weights, tmp_path, capsys):
