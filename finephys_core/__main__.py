@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", help="pose model .safetensors (default: the shipped weights)")
     r.add_argument("--fps", type=float, help="override the input's frame rate")
     r.add_argument("--fuse-weight", type=float, default=None,
-                   help="weight of S_pp in the fusion (default: camera.DEFAULT_FUSE_WEIGHT, 0.7; 0.5 = the paper's "
-                        "mean)")
+                   help="weight of S_pp in the fusion (default: the pipeline's, camera.DEFAULT_FUSE_WEIGHT; "
+                        "0.5 = the paper's mean)")
     r.add_argument("--bones", choices=("constant", "free"), default="constant",
                    help="fused pose: one length per bone for the clip (default) or the plain mean (paper)")
     r.add_argument("--stride", type=int, default=1,
