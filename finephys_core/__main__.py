@@ -48,14 +48,15 @@ def _load_input(path: Path, fps: float | None):
 
 
 def cmd_refine(args) -> int:
+    from .camera import DEFAULT_FUSE_WEIGHT
     from .pose_model import default_pose_model, load_pose_model
     from .refine import refine_pose2d, refined_arrays
     from .sequence import write_npz
 
     pose2d = _load_input(Path(args.input), args.fps)
     model = load_pose_model(args.weights) if args.weights else default_pose_model()
-    fuse = {} if args.fuse_weight is None else {"fuse_weight": args.fuse_weight}
-    res = refine_pose2d(pose2d, model, frame_stride=args.stride, bones=args.bones, **fuse)
+    fuse_weight = DEFAULT_FUSE_WEIGHT if args.fuse_weight is None else args.fuse_weight
+    res = refine_pose2d(pose2d, model, fuse_weight=fuse_weight, frame_stride=args.stride, bones=args.bones)
     write_npz(args.output, refined_arrays(pose2d, res))
     print(f"refined {pose2d.num_frames} frames → {args.output}"
           f"{'' if model.trained else ' (UNTRAINED weights)'}", file=sys.stderr)
