@@ -37,6 +37,7 @@ from .skeleton import H36M17
 NUM_JOINTS = 17
 ROOT = 0
 TOKEN_KINDS = ("joint", "frame")
+CENTRES = ("pelvis", "median")
 
 
 @dataclass
@@ -46,6 +47,11 @@ class LifterConfig:
     ``tokens``: 'joint' (one token per joint and frame, attention alternating over joints and frames in two
     streams: DSTformer as Skeleton-in-Context uses it) or 'frame' (one token per frame carrying the whole
     pose, attention over frames: 17× fewer tokens, so a much wider model for the same compute).
+
+    ``prompt_stride``: the prompt segment keeps every k-th prompt frame, so the sequence is ⌈T/k⌉ + T tokens
+    instead of 2T (k = 4: a training step costs 0.63× as much). ``centre``: the 2D point subtracted per
+    frame (:func:`lifter_inputs`): 'pelvis' (as trained before), or 'median', the per-coordinate median of the
+    visible joints, which one wrong joint (the pelvis included) cannot move far.
     """
 
     tokens: str = "joint"
@@ -57,10 +63,16 @@ class LifterConfig:
     window: int = 16
     num_joints: int = NUM_JOINTS
     dropout: float = 0.0
+    prompt_stride: int = 1
+    centre: str = "pelvis"
 
     def __post_init__(self):
         if self.tokens not in TOKEN_KINDS:
             raise ValueError(f"LifterConfig tokens must be one of {TOKEN_KINDS}; got {self.tokens!r}")
+        if self.centre not in CENTRES:
+            raise ValueError(f"LifterConfig centre must be one of {CENTRES}; got {self.centre!r}")
+        if self.prompt_stride < 1:
+            raise ValueError(f"LifterConfig prompt_stride must be ≥ 1; got {self.prompt_stride}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,12 +87,13 @@ class LifterConfig:
 
 # ----------------------------------------------------------------------------- input convention
 
-def lifter_inputs(pose2d_normalized) -> Tensor:
+def lifter_inputs(pose2d_normalized, centre: str = "pelvis") -> Tensor:
     """The one place 2D lifter input is preprocessed. (…, T, 17, 3) → (…, T, 17, 3) float32 tensor.
 
     From ``normalize_screen`` coordinates (x, y, score):
-      1. root-relative per frame: subtract the pelvis (joint 0) when its score > 0, else the
-         score-weighted centroid of the visible joints (0 when nothing is visible);
+      1. centred per frame: ``centre`` 'pelvis' subtracts the pelvis (joint 0) when its score > 0, else the
+         score-weighted centroid of the visible joints; 'median' subtracts the per-coordinate median of the
+         visible joints (0 when nothing is visible);
       2. missing joints (score 0) get x = y = 0;
       3. divided by one scale per clip (over all its frames and joints): the score-weighted RMS distance
          of the visible joints from their root (1 when nothing is visible, floored at 1e-3);
@@ -95,7 +108,11 @@ def lifter_inputs(pose2d_normalized) -> Tensor:
     xy, score = x[..., :2], x[..., 2:].clamp(0.0, 1.0)
     vis = (score > 0).to(xy.dtype)
     centroid = (xy * score).sum(-2, keepdim=True) / score.sum(-2, keepdim=True).clamp_min(1e-8)
-    root = torch.where(vis[..., ROOT:ROOT + 1, :] > 0, xy[..., ROOT:ROOT + 1, :], centroid)
+    if centre == "median":
+        hidden = torch.full_like(xy, float("nan"))
+        root = torch.nan_to_num(torch.nanmedian(torch.where(vis > 0, xy, hidden), dim=-2, keepdim=True).values)
+    else:
+        root = torch.where(vis[..., ROOT:ROOT + 1, :] > 0, xy[..., ROOT:ROOT + 1, :], centroid)
     rel = (xy - root) * vis
     ms = (score * rel.pow(2).sum(-1, keepdim=True)).sum((-3, -2, -1), keepdim=True)
     wsum = score.sum((-3, -2, -1), keepdim=True)
@@ -214,18 +231,20 @@ class ICLLifter(nn.Module):
         shape = tuple(query_2d.shape)
         for name, x in (("prompt_2d", prompt_2d), ("prompt_3d", prompt_3d), ("query_prior", query_prior)):
             self._check(name, x, shape)
-        t = shape[1]
-        inputs = torch.cat([torch.cat([lifter_inputs(prompt_2d), lifter_inputs(query_2d)], 1),
-                            torch.cat([prompt_3d, query_prior], 1)], -1)           # (B, 2T, 17, 6)
-        frames = self.frame_embed[:t].repeat(2, 1, 1)                          # (2T, 1, dim)
-        segments = self.segment_embed.repeat_interleave(t, dim=0)[:, None]      # (2T, 1, dim)
+        t, stride, centre = shape[1], self.config.prompt_stride, self.config.centre
+        prompt_2d, prompt_3d = prompt_2d[:, ::stride], prompt_3d[:, ::stride]
+        tp = prompt_2d.shape[1]                                                # ⌈T / stride⌉ prompt frames
+        inputs = torch.cat([torch.cat([lifter_inputs(prompt_2d, centre), lifter_inputs(query_2d, centre)], 1),
+                            torch.cat([prompt_3d, query_prior], 1)], -1)           # (B, tp+T, 17, 6)
+        frames = torch.cat([self.frame_embed[:t:stride], self.frame_embed[:t]])  # (tp+T, 1, dim)
+        segments = self.segment_embed.repeat_interleave(torch.tensor([tp, t]), dim=0)[:, None]  # (tp+T, 1, dim)
         if self.config.tokens == "joint":
-            x = self.embed(inputs) + self.joint_embed + frames + segments        # (B, 2T, 17, dim)
+            x = self.embed(inputs) + self.joint_embed + frames + segments        # (B, tp+T, 17, dim)
         else:
             x = self.embed(rearrange(inputs, "b t j c -> b t (j c)")) + (frames + segments)[:, 0]
         for block in self.blocks:
             x = block(x)
-        offset = self.head(self.norm(x[:, t:]))
+        offset = self.head(self.norm(x[:, tp:]))
         out = query_prior + offset.view(query_prior.shape)
         return out - out[..., ROOT:ROOT + 1, :]
 
