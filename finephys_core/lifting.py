@@ -4,7 +4,8 @@
 (one stream attends over joints then frames, the other frames then joints, fused per token by learned
 weights), used in context as in Skeleton-in-Context: the prompt pair (P2D, P3D) and the query
 (S2D, mean prior P̄3D) are embedded as two segments of one sequence, concatenated along time, so temporal
-attention lets every query joint look at the same joint in the prompt. The output for the query segment
+attention lets every query joint look at the same joint in the prompt (``LifterConfig.prompt_stride`` k > 1
+keeps every k-th prompt frame: the prompt's pose class and camera need far fewer tokens than the query). The output for the query segment
 is a residual on the prior: ``S_dd = root_relative(P̄3D + head(tokens))``.
 
 Two token kinds (``LifterConfig.tokens``): 'joint' is the DSTformer layout above; 'frame' carries a whole
@@ -191,7 +192,8 @@ class ICLLifter(nn.Module):
     """In-context lifter: (prompt 2D, prompt 3D, query 2D, query prior) → S_dd for the query.
 
     Each frame token carries one joint's 2D input (3 values) and 3D input (3 values); joint, frame and
-    segment (prompt / query) embeddings are added. Sequence = [prompt frames ; query frames] (2T frames).
+    segment (prompt / query) embeddings are added. Sequence = [prompt frames ; query frames] (⌈T/k⌉ + T
+    frames for ``prompt_stride`` k).
     Cost per window is fixed, so windowed lifting is linear in clip length.
     """
 

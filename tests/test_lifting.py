@@ -5,17 +5,20 @@ import numpy as np
 import pytest
 import torch
 
-from finephys_core.lifting import (TOKEN_KINDS, ICLLifter, LifterConfig, blend_weights, lift_windows,
+from finephys_core.lifting import (CENTRES, TOKEN_KINDS, ICLLifter, LifterConfig, blend_weights, lift_windows,
                                    lifter_inputs, window_starts)
 from finephys_core.pose_model import load_pose_model, random_pose_model, save_pose_model
 
 W = 8
 
 
-@pytest.fixture(scope="module", params=TOKEN_KINDS)
+LIFTER_VARIANTS = [dict(tokens=kind) for kind in TOKEN_KINDS] + [dict(tokens="frame", prompt_stride=4, centre="median")]
+
+
+@pytest.fixture(scope="module", params=LIFTER_VARIANTS, ids=lambda v: "-".join(str(x) for x in v.values()))
 def lifter(request):
     torch.manual_seed(0)
-    return ICLLifter(LifterConfig(tokens=request.param, dim=16, depth=1, heads=2, rep_dim=16, window=W)).eval()
+    return ICLLifter(LifterConfig(dim=16, depth=1, heads=2, rep_dim=16, window=W, **request.param)).eval()
 
 
 def _pose2d(T, seed=0, batch=()):
@@ -55,6 +58,40 @@ def test_lifter_inputs_missing_joints_and_pelvis():
     expected = (x[0, 3, :2] - centroid) / (x[0, 3, :2] - centroid).norm()
     assert torch.allclose(direction, expected, atol=1e-5)
     assert torch.isfinite(lifter_inputs(torch.zeros(4, 17, 3))).all()   # nothing visible: no NaN
+
+
+def test_lifter_inputs_median_centre_resists_a_wrong_pelvis():
+    x = _pose2d(6)
+    wrong = x.clone()
+    wrong[:, 0, :2] += 0.5                       # the detector put the pelvis far off
+    moved = {c: (lifter_inputs(wrong, c) - lifter_inputs(x, c))[:, 1:, :2].abs().max() for c in CENTRES}
+    assert moved["median"] < moved["pelvis"] / 3
+    out = lifter_inputs(x, "median")
+    assert torch.allclose(out[..., :2].median(-2).values, torch.zeros(6, 2), atol=1e-6)
+    assert torch.equal(lifter_inputs(out, "median"), out)                       # idempotent
+    x[2, :, 2] = 0.0
+    x[3, :16, 2] = 0.0                            # one visible joint: it is the centre
+    out = lifter_inputs(x, "median")
+    assert torch.isfinite(out).all() and torch.equal(out[2:4, :, :2], torch.zeros(2, 17, 2))
+
+
+def test_prompt_stride_reads_every_kth_prompt_frame():
+    torch.manual_seed(0)
+    lifter = ICLLifter(LifterConfig(tokens="frame", dim=16, depth=1, heads=2, rep_dim=16, window=W,
+                                    prompt_stride=4)).eval()
+    p2d, p3d = _prompt()
+    q, prior = _pose2d(W, 3)[None], torch.zeros(1, W, 17, 3)
+    base = lifter(p2d[None], p3d[None], q, prior)
+    skipped, read = p3d.clone(), p3d.clone()
+    skipped[1:4] *= 2                             # frames 1-3 are not read with stride 4
+    read[4] *= 2
+    assert torch.equal(lifter(p2d[None], skipped[None], q, prior), base)
+    assert (lifter(p2d[None], read[None], q, prior) - base).abs().max() > 1e-4
+    for bad in (dict(prompt_stride=0), dict(centre="mean")):
+        with pytest.raises(ValueError, match="prompt_stride|centre"):
+            LifterConfig(**bad)
+    old = LifterConfig.from_dict({"tokens": "frame", "dim": 8})                  # files written before both
+    assert (old.prompt_stride, old.centre) == (1, "pelvis")
 
 
 def test_lifter_inputs_rejects_bad_shape():
@@ -200,7 +237,8 @@ def test_token_kinds_config_and_file_round_trip(tmp_path):
     with pytest.raises(ValueError, match="tokens must be one of"):
         LifterConfig(tokens="patch")
     assert LifterConfig.from_dict({"dim": 8}).tokens == "joint"          # files written before 'tokens'
-    frame = ICLLifter(LifterConfig(tokens="frame", dim=16, depth=1, heads=2, rep_dim=16, window=W))
+    frame = ICLLifter(LifterConfig(tokens="frame", dim=16, depth=1, heads=2, rep_dim=16, window=W,
+                                   prompt_stride=2, centre="median"))
     joint = ICLLifter(LifterConfig(tokens="joint", dim=16, depth=1, heads=2, rep_dim=16, window=W))
     assert frame.embed.in_features == 6 * 17 and joint.embed.in_features == 6
     assert not hasattr(frame, "joint_embed")
