@@ -250,3 +250,14 @@ def test_physics_bench_last_line_is_json(tmp_path, capsys):
     assert set(last["results"]) == {"25", "50"}
     assert set(last["results"]["25"]) == set(bench.METHODS) | {"gt", "clips"}
     assert last["results"]["25"]["gt"]["bone_std"] < 5.0        # physics-exact ground truth is near rigid
+
+
+
+def test_shipped_stage2_config_builds_its_models():
+    """A typo in the shipped config (an unknown lifter or PhysNet field, a bad option) fails here, not an hour in."""
+    from training import stage2
+
+    cfg = common.merge_config(stage2.DEFAULTS, json.loads((ROOT / "training/configs/stage2.json").read_text()))
+    lifter, physnet, init = stage2.build_models(cfg)
+    assert init is None and lifter.config == stage2.LifterConfig.from_dict(cfg["lifter"])
+    assert physnet.config == stage2.PhysNetConfig.from_dict(cfg["physnet"])
