@@ -5,8 +5,8 @@
 weights), used in context as in Skeleton-in-Context: the prompt pair (P2D, P3D) and the query
 (S2D, mean prior P̄3D) are embedded as two segments of one sequence, concatenated along time, so temporal
 attention lets every query joint look at the same joint in the prompt (``LifterConfig.prompt_stride`` k > 1
-keeps every k-th prompt frame: the prompt's pose class and camera need far fewer tokens than the query). The output for the query segment
-is a residual on the prior: ``S_dd = root_relative(P̄3D + head(tokens))``.
+keeps every k-th prompt frame: the prompt's pose class and camera need far fewer tokens than the query).
+The output for the query segment is a residual on the prior: ``S_dd = root_relative(P̄3D + head(tokens))``.
 
 Two token kinds (``LifterConfig.tokens``): 'joint' is the DSTformer layout above; 'frame' carries a whole
 pose (2D + 3D of all 17 joints) per token and attends over the 2T frames only. For the same CPU time the
@@ -108,11 +108,11 @@ def lifter_inputs(pose2d_normalized, centre: str = "pelvis") -> Tensor:
                          f"got {tuple(x.shape)}")
     xy, score = x[..., :2], x[..., 2:].clamp(0.0, 1.0)
     vis = (score > 0).to(xy.dtype)
-    centroid = (xy * score).sum(-2, keepdim=True) / score.sum(-2, keepdim=True).clamp_min(1e-8)
     if centre == "median":
         hidden = torch.full_like(xy, float("nan"))
         root = torch.nan_to_num(torch.nanmedian(torch.where(vis > 0, xy, hidden), dim=-2, keepdim=True).values)
     else:
+        centroid = (xy * score).sum(-2, keepdim=True) / score.sum(-2, keepdim=True).clamp_min(1e-8)
         root = torch.where(vis[..., ROOT:ROOT + 1, :] > 0, xy[..., ROOT:ROOT + 1, :], centroid)
     rel = (xy - root) * vis
     ms = (score * rel.pow(2).sum(-1, keepdim=True)).sum((-3, -2, -1), keepdim=True)
@@ -239,7 +239,7 @@ class ICLLifter(nn.Module):
         inputs = torch.cat([torch.cat([lifter_inputs(prompt_2d, centre), lifter_inputs(query_2d, centre)], 1),
                             torch.cat([prompt_3d, query_prior], 1)], -1)           # (B, tp+T, 17, 6)
         frames = torch.cat([self.frame_embed[:t:stride], self.frame_embed[:t]])  # (tp+T, 1, dim)
-        segments = self.segment_embed.repeat_interleave(torch.tensor([tp, t]), dim=0)[:, None]  # (tp+T, 1, dim)
+        segments = torch.cat([self.segment_embed[:1].expand(tp, -1), self.segment_embed[1:].expand(t, -1)])[:, None]
         if self.config.tokens == "joint":
             x = self.embed(inputs) + self.joint_embed + frames + segments        # (B, tp+T, 17, dim)
         else:
