@@ -214,9 +214,12 @@ def test_stage2_and_stage3_smoke(tmp_path, shard_dir):
     assert tuned.meta["stage"] == 3
 
 
-def test_stage2_resume_matches_straight_run(tmp_path, shard_dir):
+@pytest.mark.parametrize("extra", [{"pool_size": 0}, {"pool_size": 6, "train": "lifter"}],
+                         ids=["fresh-batches", "lifter-from-pool"])
+def test_stage2_resume_matches_straight_run(tmp_path, shard_dir, extra):
+    """Killed and resumed = never killed, for fresh batches and for the shipped lifter recipe (a cached pool)."""
     data = {"synth": {"path": str(shard_dir), "weight": 1.0}}
-    cfg = _cfg(tmp_path, "s2.json", data=data, max_steps=4, pool_size=0, eval={"data": None})
+    cfg = _cfg(tmp_path, "s2.json", data=data, max_steps=4, eval={"data": None}, **extra)
     run_stage_main(["--stage", "2", "--config", str(cfg), "--out", str(tmp_path / "a")])
     run_stage_main(["--stage", "2", "--config", str(cfg), "--out", str(tmp_path / "b"), "--max-steps", "4",
                     "--set", "stop_after=2"])
