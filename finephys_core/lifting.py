@@ -106,6 +106,8 @@ def lifter_inputs(pose2d_normalized, centre: str = "pelvis") -> Tensor:
     if x.ndim < 3 or x.shape[-2:] != (NUM_JOINTS, 3):
         raise ValueError(f"lifter_inputs expects (..., T, {NUM_JOINTS}, 3) normalised x, y, score; "
                          f"got {tuple(x.shape)}")
+    if centre not in CENTRES:
+        raise ValueError(f"lifter_inputs centre must be one of {CENTRES}; got {centre!r}")
     xy, score = x[..., :2], x[..., 2:].clamp(0.0, 1.0)
     vis = (score > 0).to(xy.dtype)
     if centre == "median":

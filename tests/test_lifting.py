@@ -73,6 +73,8 @@ def test_lifter_inputs_median_centre_resists_a_wrong_pelvis():
     x[3, :16, 2] = 0.0                            # one visible joint: it is the centre
     out = lifter_inputs(x, "median")
     assert torch.isfinite(out).all() and torch.equal(out[2:4, :, :2], torch.zeros(2, 17, 2))
+    with pytest.raises(ValueError, match="centre must be one of"):
+        lifter_inputs(x, "mean")                  # a typo is an error, not silently the pelvis
 
 
 def test_prompt_stride_reads_every_kth_prompt_frame():

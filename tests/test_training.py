@@ -255,7 +255,6 @@ def test_physics_bench_last_line_is_json(tmp_path, capsys):
     assert last["results"]["25"]["gt"]["bone_std"] < 5.0        # physics-exact ground truth is near rigid
 
 
-
 def test_shipped_stage2_config_builds_its_models():
     """A typo in the shipped config (an unknown lifter or PhysNet field, a bad option) fails here, not an hour in."""
     from training import stage2
