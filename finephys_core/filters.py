@@ -1,6 +1,6 @@
 """Classical temporal smoothers for pose sequences, the baselines PhysNet must beat (issue 3).
 
-Both act on every coordinate of every joint independently along time: input (T, ...) → same shape.
+All act on every coordinate of every joint independently along time: input (T, ...) → same shape.
 """
 from __future__ import annotations
 
@@ -77,3 +77,23 @@ def one_euro(x, fps: float, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff
         prev = a * x[i] + (1.0 - a) * prev
         out[i] = prev
     return out
+
+
+def low_pass(x, fps: float, cutoff_hz: float) -> np.ndarray:
+    """Ideal (brick-wall) low-pass along axis 0: every frequency above ``cutoff_hz`` removed.
+
+    The clip is mirrored end to end before the FFT so that its ends do not wrap into each other. It sees
+    the whole clip at once, so it is an analysis tool (the benchmark's bound on what smoothing can do),
+    not a filter for live use. Mirroring keeps Parseval exact on the clip: the share of ‖x‖² that
+    ``low_pass`` keeps is the share of x's energy below the cutoff.
+    Args:
+        x: (T, ...) samples at ``fps`` Hz.
+        cutoff_hz: ≥ 0; at or above fps / 2 nothing is removed.
+    """
+    x = np.asarray(x, np.float64)
+    if fps <= 0 or cutoff_hz < 0:
+        raise ValueError(f"low_pass needs fps > 0 and cutoff_hz ≥ 0; got fps={fps}, cutoff_hz={cutoff_hz}")
+    t = x.shape[0]
+    spectrum = np.fft.rfft(np.concatenate([x, x[::-1]]), axis=0)
+    spectrum[np.fft.rfftfreq(2 * t, 1.0 / fps) > cutoff_hz] = 0
+    return np.fft.irfft(spectrum, n=2 * t, axis=0)[:t]

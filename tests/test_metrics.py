@@ -121,6 +121,21 @@ def test_savgol_reduces_noise():
     assert np.abs(filters.savgol(noisy) - clean).mean() < 0.7 * np.abs(noisy - clean).mean()
 
 
+def test_low_pass_keeps_slow_removes_fast_and_splits_energy():
+    t, fps = 50, 50.0                                    # mirrored FFT bins every fps / 2t = 0.5 Hz
+    n = np.arange(t)[:, None, None]
+    slow = 0.3 * np.cos(np.pi * 2 * (n + 0.5) / t) * np.ones((1, 17, 3))    # 1 Hz, exactly on a bin
+    fast = 0.1 * np.cos(np.pi * 20 * (n + 0.5) / t) * np.ones((1, 17, 3))   # 10 Hz
+    out = filters.low_pass(slow + fast + 2.0, fps, 4.0)
+    np.testing.assert_allclose(out, slow + 2.0, atol=1e-9)
+    np.testing.assert_allclose(filters.low_pass(slow + fast, fps, 25.0), slow + fast, atol=1e-9)
+    kept = (filters.low_pass(slow + fast, fps, 4.0) ** 2).sum() / ((slow + fast) ** 2).sum()
+    assert kept == pytest.approx(0.3 ** 2 / (0.3 ** 2 + 0.1 ** 2), rel=1e-9)   # Parseval on the clip
+    np.testing.assert_allclose(filters.low_pass(np.full((7, 2), 1.5), fps, 0.0), np.full((7, 2), 1.5))
+    with pytest.raises(ValueError, match="fps > 0"):
+        filters.low_pass(slow, 0.0, 4.0)
+
+
 def test_one_euro_hand_value_and_constant():
     # beta = 0: a plain exponential low-pass with alpha = 1 / (1 + tau/te), tau = 1/(2π·fc)
     fps, fc = 10.0, 1.0

@@ -254,6 +254,15 @@ def test_physics_bench_last_line_is_json(tmp_path, capsys):
     assert set(last["results"]["25"]) == set(bench.METHODS) | {"gt", "clips"}
     assert last["results"]["25"]["gt"]["bone_std"] < 5.0        # physics-exact ground truth is near rigid
 
+    assert bench.main(["--weights", str(weights), "--max-clips", "1", "--error-spectrum"]) == 0
+    spectrum = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error_spectrum"]
+    assert set(spectrum) == {"25", "50"}
+    for r in spectrum.values():
+        shares = [r[f"energy_below_{c:g}hz"] for c in bench.SPECTRUM_CUTOFFS]
+        assert 0.0 <= shares[0] <= shares[-1] <= 1.0 and shares == sorted(shares)
+        assert r["best_low_pass_mpjpe"] == min(r[f"low_pass_mpjpe_{c:g}hz"] for c in bench.SPECTRUM_CUTOFFS)
+        assert r["slow_error_mpjpe_0.5hz"] < r["dd_mpjpe"]      # removing error never adds any
+
 
 def test_shipped_stage2_config_builds_its_models():
     """A typo in the shipped config (an unknown lifter or PhysNet field, a bad option) fails here, not an hour in."""

@@ -31,6 +31,7 @@ CORRUPTION_SEED = 1234
 ONE_EURO = {"min_cutoff": 8.0, "beta": 1.0, "d_cutoff": 1.0}   # tune_one_euro on the validation shards
 PER_FRAME = ("joints_cam", "keypoints_2d", "det_keypoints", "det_scores", "flight", "com_world")
 METHODS = ("dd", "pp", "fused", "fused_free", "dd+savgol", "dd+one_euro")
+SPECTRUM_CUTOFFS = (0.5, 1.0, 2.0, 4.0, 8.0)                   # Hz, for --error-spectrum
 FIELDS = ("mpjpe", "n_mpjpe", "pa_mpjpe", "mpjve", "accel_error", "bone_std", "jitter")
 
 
@@ -153,6 +154,52 @@ def evaluate(model, clips: list[dict], fps_list=BENCH_FPS) -> dict:
     return result
 
 
+def error_spectrum(model, clips: list[dict], fps_list=BENCH_FPS, cutoffs=SPECTRUM_CUTOFFS) -> dict:
+    """Where in time frequency S_dd's error e = S_dd − S lies, and what that allows (mm, frame-weighted).
+
+    Per fps: ``energy_below`` the share of Σ‖e‖² below each cutoff; ``slow_error_mpjpe`` the MPJPE left if
+    every error component above the cutoff were removed perfectly (S + low_pass(e)), the floor for any
+    method that only removes fast error; ``low_pass_mpjpe`` S_dd itself low-passed at the cutoff, and
+    ``best_low_pass_mpjpe`` with the best cutoff chosen per clip by looking at the ground truth (an oracle
+    bound on smoothing S_dd); ``dd_mpjpe`` and ``fused_mpjpe`` for reference.
+    """
+    result: dict = {}
+    for fps in fps_list:
+        rows = []
+        for clip in clips:
+            if int(round(float(clip["fps"]))) != fps:
+                continue
+            gt = clip["joints_cam"].astype(np.float64)
+            gt = gt - gt[:, :1]
+            outs = method_outputs(model, detected_pose2d(clip))
+            dd, err = outs["dd"], outs["dd"] - gt
+            low = {c: metrics.mpjpe(filters.low_pass(dd, fps, c), gt) * 1000 for c in cutoffs}
+            row = {"dd_mpjpe": metrics.mpjpe(dd, gt) * 1000, "fused_mpjpe": metrics.mpjpe(outs["fused"], gt) * 1000,
+                   "best_low_pass_mpjpe": min(low.values())}
+            for c in cutoffs:
+                slow = filters.low_pass(err, fps, c)
+                row[f"energy_below_{c:g}hz"] = float((slow ** 2).sum() / max((err ** 2).sum(), 1e-12))
+                row[f"slow_error_mpjpe_{c:g}hz"] = metrics.mpjpe(gt + slow, gt) * 1000
+                row[f"low_pass_mpjpe_{c:g}hz"] = low[c]
+            rows.append((len(gt), row))
+        if rows:
+            result[str(fps)] = _weighted(rows) | {"clips": len(rows)}
+    return result
+
+
+def format_spectrum(spectrum: dict, cutoffs=SPECTRUM_CUTOFFS) -> str:
+    lines = []
+    for fps, r in spectrum.items():
+        lines.append(f"\n{fps} fps, {r['clips']} clips: S_dd {r['dd_mpjpe']:.1f} mm, fused {r['fused_mpjpe']:.1f}, "
+                     f"S_dd low-passed at the best cutoff per clip (oracle) {r['best_low_pass_mpjpe']:.1f}")
+        lines.append(f"{'cutoff (Hz)':<34}" + "".join(f"{c:>8g}" for c in cutoffs))
+        for key, label, fmt in (("energy_below", "share of S_dd error energy below", "{:>8.3f}"),
+                                ("slow_error_mpjpe", "MPJPE if only error below is left", "{:>8.1f}"),
+                                ("low_pass_mpjpe", "MPJPE of S_dd low-passed", "{:>8.1f}")):
+            lines.append(f"{label:<34}" + "".join(fmt.format(r[f"{key}_{c:g}hz"]) for c in cutoffs))
+    return "\n".join(lines)
+
+
 def tune_one_euro(model, clips: list[dict], min_cutoffs=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
                   betas=(0.0, 0.3, 1.0, 3.0, 10.0), jitter_ratio: float = 0.5) -> dict:
     """Grid-search the one-euro parameters on ``clips`` (training-side validation clips, never the held-out
@@ -217,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-clips", type=int, default=None, help="evaluate only the first N clips per fps")
     ap.add_argument("--make-heldout", action="store_true", help="(re)generate the held-out set and exit")
     ap.add_argument("--motions", type=int, default=24, help="with --make-heldout: number of motions")
+    ap.add_argument("--error-spectrum", action="store_true",
+                    help="instead of the table: where S_dd's error lies in time frequency (oracle bounds) and exit")
     ap.add_argument("--tune-one-euro", metavar="SHARDS",
                     help="grid-search the one-euro parameters on a synthetic shard folder (validation) and exit")
     args = ap.parse_args(argv)
@@ -245,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
             seen[f] = seen.get(f, 0) + 1
             keep.append(c if seen[f] <= args.max_clips else None)
         clips = [c for c in keep if c is not None]
+    if args.error_spectrum:
+        spectrum = error_spectrum(model, clips)
+        print(format_spectrum(spectrum))
+        print(json.dumps({"weights": args.weights or "default", "error_spectrum": spectrum}))
+        return 0
     result = evaluate(model, clips)
     print(format_table(result))
     tg = targets(result)
