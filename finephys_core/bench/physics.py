@@ -9,7 +9,8 @@ training extras: mujoco + dm_control), so the benchmark itself needs only the pa
 Per frame rate and method — S_dd (lifted raw detections), S_pp (PhysNet), fused (the default: constant
 bone lengths), fused_free (the paper's plain mean), S_dd + Savitzky–Golay (7, 2), S_dd + one-euro —
 MPJPE, N-MPJPE, PA-MPJPE, MPJVE, acceleration error, bone-length std and jitter (mm; derivatives per
-frame), and the ground truth's own bone std and jitter. Last line: JSON.
+frame), and the ground truth's own bone std and jitter. Last line: JSON. ``--error-spectrum`` prints instead
+where S_dd's error lies in time frequency and the oracle bounds that sets on smoothing (:func:`error_spectrum`).
 """
 from __future__ import annotations
 
@@ -131,18 +132,21 @@ def _weighted(rows: list[tuple[int, dict]]) -> dict:
     return {k: sum(w * r[k] for w, r in rows) / n for k in rows[0][1]}
 
 
+def outputs_at(model, clips: list[dict], fps: int):
+    """Yields (root-relative ground truth (T,17,3) m, :func:`method_outputs`) for every clip at ``fps``."""
+    for clip in clips:
+        if int(round(float(clip["fps"]))) == fps:
+            gt = clip["joints_cam"].astype(np.float64)
+            yield gt - gt[:, :1], method_outputs(model, detected_pose2d(clip))
+
+
 def evaluate(model, clips: list[dict], fps_list=BENCH_FPS) -> dict:
     """{fps: {method: metrics (mm)}, ...} with a 'gt' entry per fps (bone_std, jitter of the ground truth)."""
     result: dict = {}
     for fps in fps_list:
         per_method: dict[str, list] = {m: [] for m in METHODS}
         gt_rows = []
-        for i, clip in enumerate(clips):
-            if int(round(float(clip["fps"]))) != fps:
-                continue
-            gt = clip["joints_cam"].astype(np.float64)
-            gt = gt - gt[:, :1]
-            outs = method_outputs(model, detected_pose2d(clip))
+        for gt, outs in outputs_at(model, clips, fps):
             for m in METHODS:
                 per_method[m].append((len(gt), metrics.pose_metrics(outs[m], gt)))
             gt_rows.append((len(gt), {"bone_std": metrics.bone_length_std(gt) * 1000,
@@ -166,12 +170,7 @@ def error_spectrum(model, clips: list[dict], fps_list=BENCH_FPS, cutoffs=SPECTRU
     result: dict = {}
     for fps in fps_list:
         rows = []
-        for clip in clips:
-            if int(round(float(clip["fps"]))) != fps:
-                continue
-            gt = clip["joints_cam"].astype(np.float64)
-            gt = gt - gt[:, :1]
-            outs = method_outputs(model, detected_pose2d(clip))
+        for gt, outs in outputs_at(model, clips, fps):
             dd, err = outs["dd"], outs["dd"] - gt
             low = {c: metrics.mpjpe(filters.low_pass(dd, fps, c), gt) * 1000 for c in cutoffs}
             row = {"dd_mpjpe": metrics.mpjpe(dd, gt) * 1000, "fused_mpjpe": metrics.mpjpe(outs["fused"], gt) * 1000,
