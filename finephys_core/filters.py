@@ -1,4 +1,5 @@
-"""Classical temporal smoothers for pose sequences, the baselines PhysNet must beat (issue 3).
+"""Classical temporal smoothers for pose sequences, the baselines PhysNet must beat (issue 3), and an ideal
+low-pass that bounds what any smoother can do (``bench physics --error-spectrum``).
 
 All act on every coordinate of every joint independently along time: input (T, ...) → same shape.
 """

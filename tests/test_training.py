@@ -260,8 +260,9 @@ def test_physics_bench_last_line_is_json(tmp_path, capsys):
     for r in spectrum.values():
         shares = [r[f"energy_below_{c:g}hz"] for c in bench.SPECTRUM_CUTOFFS]
         assert 0.0 <= shares[0] <= shares[-1] <= 1.0 and shares == sorted(shares)
+        # one clip per fps (--max-clips 1), so the per-clip oracle is the best of the cutoffs' averages
         assert r["best_low_pass_mpjpe"] == min(r[f"low_pass_mpjpe_{c:g}hz"] for c in bench.SPECTRUM_CUTOFFS)
-        assert r["slow_error_mpjpe_0.5hz"] < r["dd_mpjpe"]      # removing error never adds any
+        assert r["slow_error_mpjpe_0.5hz"] < r["dd_mpjpe"]      # most of the error energy removed leaves less
 
 
 def test_shipped_stage2_config_builds_its_models():
