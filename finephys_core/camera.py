@@ -18,7 +18,7 @@ nearest fitted frames (held constant past the ends); a clip of one frame works.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -50,6 +50,11 @@ class Perspective(NamedTuple):
 # (held-out best at 0.6 by 0.07 mm): flat within 0.1 mm, so the default stays 0.7.
 DEFAULT_FUSE_WEIGHT = 0.7
 
+# Iterations of the test-time fit of Ŝ to the detected 2D (:func:`fit_to_keypoints`) where users run the
+# pipeline (nodes, CLI, demo); the library's own default is 0, the paper's fusion. v11, validation fused
+# MPJPE 76.4 → 73.2 mm, held-out 85.5 / 81.1 → 81.5 / 77.5 at 25 / 50 fps, for ~0.3–0.8 s per clip on a CPU.
+DEFAULT_FIT_2D_ITERS = 150
+
 
 def fuse(s_dd: Tensor, s_pp: Tensor, weight: float = 0.5) -> Tensor:
     """Ŝ = (1 − w) S_dd + w S_pp (the paper evaluates the mean, w = 0.5). Any matching shapes."""
@@ -62,6 +67,18 @@ def fuse(s_dd: Tensor, s_pp: Tensor, weight: float = 0.5) -> Tensor:
 
 BONE_MODES = ("constant", "free")
 _PARENTS, _CHILDREN = (list(v) for v in zip(*H36M17.bones))
+
+
+def _bones_above() -> Tensor:
+    """(17, 16): entry (j, b) is 1 when bone b lies on the chain from the pelvis to joint j."""
+    above = torch.zeros(17, 16)
+    for b, (p, c) in enumerate(zip(_PARENTS, _CHILDREN)):   # parents come before their children in H36M-17
+        above[c] = above[p]
+        above[c, b] = 1.0
+    return above
+
+
+_BONES_ABOVE = _bones_above()
 
 
 def bone_vectors(joints: Tensor) -> Tensor:
@@ -85,10 +102,8 @@ def constant_bone_lengths(joints: Tensor, lengths: Tensor | None = None) -> Tens
         lengths = length.median(dim=-3).values[..., 0]
     unit = bones / length.clamp_min(1e-9)
     scaled = unit * lengths[..., None, :, None]
-    out = [joints[..., 0, :]] + [None] * 16
-    for b, (p, c) in enumerate(zip(_PARENTS, _CHILDREN)):   # parents come before their children in H36M-17
-        out[c] = out[p] + scaled[..., b, :]
-    return torch.stack(out, dim=-2)
+    above = _BONES_ABOVE.to(device=joints.device, dtype=joints.dtype)
+    return joints[..., :1, :] + torch.einsum("jb,...bc->...jc", above, scaled)
 
 
 def _check_fit_inputs(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor) -> None:
@@ -184,6 +199,52 @@ def project(joints3d: Tensor, camera: WeakPerspective | Perspective, min_depth: 
     raise TypeError(f"camera must be WeakPerspective or Perspective; got {type(camera).__name__}")
 
 
+def fit_to_keypoints(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor, iters: int = 150,
+                     rigid: bool = True, prior: float = 1.0, smooth: float = 0.3, robust_m: float = 0.15,
+                     lr: float = 0.01, progress: Callable[[int], None] | None = None) -> Tensor:
+    """Test-time fit of a root-relative 3D clip (T, J, 3) metres to its detected 2D (T, J, 2), weights (T, J).
+
+    Adam over the joints, a weak-perspective scale s and translations t (started at :func:`fit_camera`)
+    minimises Σ w·ρ(‖P(Y) − x‖ / s) + prior·‖Y − X‖² + smooth·‖Y_{t+1} − 2Y_t + Y_{t−1}‖², in metres, with ρ
+    the Geman–McClure loss of scale ``robust_m`` (quadratic for small residuals, bounded for wrong
+    detections). With ``rigid`` every H36M-17 bone keeps its median length in X, so the 2D fixes how far
+    each bone points towards the camera — the depth the lifter has to guess. Eq. 20's L2D, optimised per
+    clip instead of trained. Runs with gradients even under inference mode; returns a detached tensor.
+    ``progress``, when given, is called with 1 after each iteration (it may raise to interrupt).
+    """
+    _check_fit_inputs(joints3d, keypoints2d, weights)
+    if iters <= 0:
+        return joints3d
+    with torch.inference_mode(False), torch.enable_grad():
+        X = joints3d.detach().clone().double()
+        kp = torch.nan_to_num(keypoints2d.detach().clone().double())
+        w = torch.where(keypoints2d.isfinite().all(-1), weights.detach().clone().double().clamp_min(0), 0.0)
+        start = fit_camera(X, kp, w)
+        if not bool(torch.isfinite(start.scale).all() and (start.scale > 0).all()):
+            return joints3d                             # no usable 2D to fit to
+        lengths = bone_vectors(X).norm(dim=-1).median(dim=-2).values if rigid else None
+        pose = lambda Z: constant_bone_lengths(Z, lengths) if rigid else Z  # noqa: E731
+        Z = X.clone().requires_grad_()
+        log_scale = start.scale.log().clone().requires_grad_()
+        trans = start.translation.clone().requires_grad_()
+        optimizer = torch.optim.Adam([Z, log_scale, trans], lr=lr)
+        c2 = robust_m ** 2
+        for _ in range(iters):
+            optimizer.zero_grad()
+            Y = pose(Z)
+            scale = log_scale.exp()
+            r2 = ((project(Y, WeakPerspective(scale, trans)) - kp) ** 2).sum(-1) / scale[..., None, None] ** 2
+            loss = (c2 * (w * r2 / (r2 + c2))).sum() + prior * ((Y - X) ** 2).sum()
+            if Y.shape[-3] > 2:
+                loss = loss + smooth * ((Y[..., 2:, :, :] - 2 * Y[..., 1:-1, :, :] + Y[..., :-2, :, :]) ** 2).sum()
+            loss.backward()
+            optimizer.step()
+            if progress is not None:
+                progress(1)
+        with torch.no_grad():
+            return pose(Z).to(joints3d.dtype)
+
+
 # ----------------------------------------------------------------------------- numpy / Pose wrappers
 
 def to_sequence_camera(camera: WeakPerspective | Perspective, image_size) -> Camera:
@@ -211,12 +272,15 @@ def project_pinhole(joints: np.ndarray, camera: Camera) -> np.ndarray:
 
 def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = DEFAULT_FUSE_WEIGHT,
                camera_model: str = "weak", focal: float | None = None,
-               bones: str = "constant") -> tuple[Pose3D, Pose2D]:
+               bones: str = "constant", fit_2d: int = 0,
+               progress: Callable[[int], None] | None = None) -> tuple[Pose3D, Pose2D]:
     """Ŝ = fuse(S_dd, S_pp), a camera fitted to ``detected`` (weighted by its scores), Ŝ reprojected.
 
     ``weight``: of S_pp (:data:`DEFAULT_FUSE_WEIGHT`; the paper's mean is 0.5). ``bones``: 'constant'
     (default) gives Ŝ one length per bone for the clip (:func:`constant_bone_lengths`); 'free' is the
-    paper's plain weighted mean.
+    paper's plain weighted mean. ``fit_2d`` > 0: that many iterations of :func:`fit_to_keypoints` fit Ŝ
+    to ``detected`` before the camera (rigid with constant bones; 0, the default: the paper's fusion),
+    calling ``progress`` with 1 after each iteration.
 
     Returns (Pose3D source 'fused' with its Camera, Pose2D of the reprojection in pixels, H36M layout,
     score 1 for every joint: the reprojection is defined everywhere, missing detections included).
@@ -233,6 +297,7 @@ def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = DEFAULT
         fused = constant_bone_lengths(fused)
     kp = torch.from_numpy(detected.keypoints).double()
     sc = torch.from_numpy(detected.scores).double()
+    fused = fit_to_keypoints(fused, kp, sc, iters=int(fit_2d), rigid=bones == "constant", progress=progress)
     size = detected.image_size
     if camera_model == "weak":
         cam = fit_camera(fused, kp, sc)
@@ -241,7 +306,8 @@ def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = DEFAULT
     else:
         raise ValueError(f"camera_model must be 'weak' or 'perspective'; got {camera_model!r}")
     reproj = project(fused, cam).float().numpy()
-    meta = {**dd.meta, "camera_model": camera_model, "fuse_weight": float(weight), "bones": bones}
+    meta = {**dd.meta, "camera_model": camera_model, "fuse_weight": float(weight), "bones": bones,
+            "fit_2d": int(fit_2d)}
     if camera_model == "weak":
         meta["weak_scale_px_per_m"] = float(cam.scale)
     pose3d = replace(dd, joints=fused.float().numpy(), source="fused", camera=to_sequence_camera(cam, size),

@@ -220,8 +220,11 @@ def accuracy_table(res, gt: Pose3D) -> str:
 # ----------------------------------------------------------------------------- the job
 
 def run_demo(input_path: str | Path = SAMPLE_2D, out_dir: str | Path = "output/demo", weights: str | None = None,
-             gt_path: str | Path | None = None, size: int = PANEL, progress: bool = True) -> dict:
-    """Refine one 2D clip and write refined.npz + previews into ``out_dir``; returns paths, figures, timings."""
+             gt_path: str | Path | None = None, size: int = PANEL, progress: bool = True,
+             fit_2d: int | None = None) -> dict:
+    """Refine one 2D clip and write refined.npz + previews into ``out_dir``; returns paths, figures, timings.
+    ``fit_2d``: iterations of the fused pose's fit to the 2D (None: :data:`camera.DEFAULT_FIT_2D_ITERS`)."""
+    from .camera import DEFAULT_FIT_2D_ITERS
     from .pose_model import DEFAULT_WEIGHTS, default_pose_model, load_pose_model
     from .refine import refine_pose2d
 
@@ -237,7 +240,7 @@ def run_demo(input_path: str | Path = SAMPLE_2D, out_dir: str | Path = "output/d
     times["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    res = refine_pose2d(pose2d, model)
+    res = refine_pose2d(pose2d, model, fit_2d=DEFAULT_FIT_2D_ITERS if fit_2d is None else fit_2d)
     refined = write_npz(out_dir / "refined.npz", refined_arrays(pose2d, res))
     times["refine"] = time.perf_counter() - t0
 
@@ -261,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="pose model .safetensors (default: the shipped weights)")
     p.add_argument("--gt", help="ground-truth 3D pose file for the figures (automatic for the shipped sample)")
     p.add_argument("--size", type=int, default=PANEL, help=f"pixels per view (default {PANEL})")
+    p.add_argument("--fit-2d", type=int, default=None, metavar="ITERS",
+                   help="iterations of the fused pose's fit to the 2D (default: camera.DEFAULT_FIT_2D_ITERS; 0 = "
+                        "the paper's fusion)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -288,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.size < 64:
         build_parser().error(f"--size must be at least 64 pixels; got {args.size}")
     try:
-        out = run_demo(args.input, args.out, args.weights, args.gt, args.size, not args.no_progress)
+        out = run_demo(args.input, args.out, args.weights, args.gt, args.size, not args.no_progress, args.fit_2d)
     except (ValueError, OSError) as e:  # PoseError, WeightsError, FileNotFoundError
         if os.environ.get("FINEPHYS_DEBUG"):
             raise

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..finephys_core import camera, physics, refine
 from ..finephys_core.sequence import Pose2D, Pose3D
+from .comfy_adapter import Progress
 
 CAMERA_MODELS = ("weak", "perspective")
 _POSE_MODEL = ("FINEPHYS_POSE_MODEL", {"tooltip": "Lifter + PhysNet weights from FinePhys Load Pose Model."})
@@ -113,17 +114,26 @@ class FinePhysFusePoses:
                     "default": "constant",
                     "tooltip": "constant: every bone keeps one length for the whole clip (its median), limbs "
                                "stay rigid; free: the plain weighted mean (paper), bones may stretch."}),
+                "fit_2d": ("INT", {
+                    "default": camera.DEFAULT_FIT_2D_ITERS, "min": 0, "max": 2000, "step": 10,
+                    "tooltip": "Iterations of a test-time fit of the fused pose to the detected 2D (robust to "
+                               "wrong detections, bones kept rigid): the 2D fixes how far each limb points "
+                               "towards the camera. 0 = the paper's fusion. About 0.3-0.8 s per clip on a CPU; "
+                               "with the shipped weights about 4 % lower 3D error."}),
             },
         }
 
     def run(self, pose3d_dd, pose3d_pp, pose2d, weight=camera.DEFAULT_FUSE_WEIGHT, camera_model="weak", focal=0.0,
-            bones="constant"):
-        fused, reprojected = camera.fuse_poses(require(pose3d_dd, Pose3D, "pose3d_dd"),
-                                               require(pose3d_pp, Pose3D, "pose3d_pp"),
-                                               require(pose2d, Pose2D, "pose2d"), weight=float(weight),
-                                               camera_model=camera_model, focal=float(focal) or None,
-                                               bones=bones)
-        return fused, reprojected
+            bones="constant", fit_2d=0):
+        progress = Progress(int(fit_2d), "FinePhys fit to 2D") if int(fit_2d) > 0 else None
+        try:
+            return camera.fuse_poses(require(pose3d_dd, Pose3D, "pose3d_dd"), require(pose3d_pp, Pose3D, "pose3d_pp"),
+                                     require(pose2d, Pose2D, "pose2d"), weight=float(weight),
+                                     camera_model=camera_model, focal=float(focal) or None, bones=bones,
+                                     fit_2d=int(fit_2d), progress=progress)
+        finally:
+            if progress is not None:
+                progress.close()
 
 
 NODE_CLASS_MAPPINGS = {

@@ -52,7 +52,7 @@ POSE_NODES = {  # node id → (input name → type, for every input), output typ
                                "frame_stride": "INT"}, ["FINEPHYS_POSE3D"]),
     "FinePhysFusePoses": ({"pose3d_dd": "FINEPHYS_POSE3D", "pose3d_pp": "FINEPHYS_POSE3D",
                            "pose2d": "FINEPHYS_POSE2D", "weight": "FLOAT", "camera_model": "COMBO",
-                           "focal": "FLOAT", "bones": "COMBO"}, ["FINEPHYS_POSE3D", "FINEPHYS_POSE2D"]),
+                           "focal": "FLOAT", "bones": "COMBO", "fit_2d": "INT"}, ["FINEPHYS_POSE3D", "FINEPHYS_POSE2D"]),
     "FinePhysSavePose": ({"filename_prefix": "STRING", "format": "COMBO", "pose2d": "FINEPHYS_POSE2D",
                           "pose3d": "FINEPHYS_POSE3D"}, ["STRING"]),
     "FinePhysLoadPose": ({"pose_file": "COMBO", "path": "STRING"}, ["FINEPHYS_POSE2D", "FINEPHYS_POSE3D"]),

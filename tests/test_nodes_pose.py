@@ -31,7 +31,7 @@ WIDGETS = {
     "FinePhysLoadPoseModel": ["model_name"],
     "FinePhysLiftICL3D": [],
     "FinePhysPhysNetRefine": ["frame_stride"],
-    "FinePhysFusePoses": ["weight", "camera_model", "focal", "bones"],
+    "FinePhysFusePoses": ["weight", "camera_model", "focal", "bones", "fit_2d"],
     "FinePhysSavePose": ["filename_prefix", "format"],
     "FinePhysLoadPose": ["pose_file", "path"],
     "FinePhysPreviewPose": ["height"],
@@ -262,6 +262,10 @@ def test_lift_refine_fuse_chain(classes, pose_model, T):
     assert fused_p.camera.focal == 500.0 and reproj_p.keypoints.shape == (T, 17, 2)
     rigid = classes["FinePhysFusePoses"]().run(dd, pp, pose2d)[0]      # default: constant bone lengths
     assert rigid.meta["bones"] == "constant" and metrics.bone_length_std(rigid.joints) < 1e-5
+    assert rigid.meta["fit_2d"] == 0                                    # API prompts saved before fit_2d
+    fitted = classes["FinePhysFusePoses"]().run(dd, pp, pose2d, fit_2d=20)[0]
+    assert fitted.meta["fit_2d"] == 20 and metrics.bone_length_std(fitted.joints) < 1e-5
+    assert not np.allclose(fitted.joints, rigid.joints)
 
 
 @needs_pose_model
