@@ -52,7 +52,7 @@ DEFAULT_FUSE_WEIGHT = 0.7
 
 # Iterations of the test-time fit of Ŝ to the detected 2D (:func:`fit_to_keypoints`) where users run the
 # pipeline (nodes, CLI, demo); the library's own default is 0, the paper's fusion. v11, validation fused
-# MPJPE 76.4 → 73.2 mm, held-out 85.5 / 81.1 → 81.5 / 77.5 at 25 / 50 fps, for ~0.3–0.8 s per clip on a CPU.
+# MPJPE 76.4 → 72.2 mm, held-out 85.5 / 81.1 → 81.3 / 76.2 at 25 / 50 fps, for ~0.3–0.8 s per clip on a CPU.
 DEFAULT_FIT_2D_ITERS = 150
 
 
@@ -200,7 +200,7 @@ def project(joints3d: Tensor, camera: WeakPerspective | Perspective, min_depth: 
 
 
 def fit_to_keypoints(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor, iters: int = 150,
-                     rigid: bool = True, prior: float = 1.0, smooth: float = 0.3, robust_m: float = 0.15,
+                     rigid: bool = True, prior: float = 0.5, smooth: float = 0.3, robust_m: float = 0.1,
                      lr: float = 0.01, progress: Callable[[int], None] | None = None) -> Tensor:
     """Test-time fit of a root-relative 3D clip (T, J, 3) metres to its detected 2D (T, J, 2), weights (T, J).
 
