@@ -11,8 +11,8 @@ constant bone lengths), fused+fit2d (that fitted to the 2D, the nodes' and CLI's
 paper's plain mean), S_dd + Savitzky–Golay (7, 2), S_dd + one-euro —
 MPJPE, N-MPJPE, PA-MPJPE, MPJVE, acceleration error, bone-length std and jitter (mm; derivatives per
 frame), and the ground truth's own bone std and jitter; the targets for fused and for fused+fit2d. Last
-line: JSON. ``--error-spectrum`` prints instead
-where S_dd's error lies in time frequency and the oracle bounds that sets on smoothing (:func:`error_spectrum`).
+line: JSON. ``--error-spectrum`` prints instead where S_dd's error lies in time frequency and the oracle
+bounds that sets on smoothing (:func:`error_spectrum`).
 """
 from __future__ import annotations
 
