@@ -290,3 +290,17 @@ def test_cli_uses_default_model_without_weights(monkeypatch, tmp_path, capsys):
     assert code == 0 and "warning: FinePhys: no trained pose weights" in err and "UNTRAINED weights)" in err
     with np.load(tmp_path / "o.npz") as z:
         assert z["pose3d"].shape == (5, 17, 3)
+
+
+def test_bench_pose_prints_stages_and_the_2d_fit(capsys):
+    from finephys_core.bench.pose import LENGTHS
+    from finephys_core.bench.pose import main as bench_pose
+
+    assert bench_pose(["--runs", "1", "--warmup", "0"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for T in map(str, LENGTHS):
+        stages = result["stages_ms"][T]
+        assert set(stages) == {"lift", "physnet", "fuse"} and all(v > 0 for v in stages.values())
+        assert result["fit2d_ms"][T] > stages["fuse"]          # 150 optimiser steps cost more than one fuse
+    assert result["ratio_256_over_16"] == pytest.approx(result["ms_per_clip"]["256"] / result["ms_per_clip"]["16"],
+                                                        abs=0.01)

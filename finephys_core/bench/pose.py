@@ -4,7 +4,8 @@ Default model (shipped weights, else the untrained seed-0 init: same size, same 
 256 frames of a synthetic moving 2D skeleton; warm-up runs, then the median (and min) of ``--runs`` runs,
 with the per-stage split and this process's CPU time. refine_pose2d runs with its default of one torch
 thread (``--refine-threads``); the machine's thread count (torch's default, or ``--threads``) is timed
-alongside as ``ms_per_clip_torch_threads``.
+alongside as ``ms_per_clip_torch_threads``. ``fit2d_ms``: the fuse step with the nodes' and CLI's test-time
+fit to the 2D (:data:`camera.DEFAULT_FIT_2D_ITERS` iterations), which the library's default leaves out.
 Last line: one JSON object (``ms_per_clip``, ``ratio_256_over_16``, parameter counts, ...).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import warnings
 import numpy as np
 import torch
 
-from ..camera import fuse_poses
+from ..camera import DEFAULT_FIT_2D_ITERS, fuse_poses
 from ..physics import refine_pose3d
 from ..pose_model import default_pose_model
 from ..refine import lift_pose, refine_pose2d, torch_threads
@@ -71,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {w.message}")
     params = model.num_parameters()
     result = {"ms_per_clip": {}, "ms_per_clip_min": {}, "cpu_ms_per_clip": {}, "stages_ms": {},
-              "ms_per_clip_torch_threads": {}}
+              "ms_per_clip_torch_threads": {}, "fit2d_ms": {}}
     nt = args.refine_threads or None
     run = lambda clip, n=nt: refine_pose2d(clip, model, num_threads=n)  # noqa: E731
     print(f"threads {torch.get_num_threads()}, lifter {params['lifter']:,} params, "
           f"PhysNet {params['physnet']:,} params, trained weights: {model.trained}")
     print(f"{'frames':>6} {'median ms':>10} {'min ms':>8} {'cpu ms':>8} {'lift':>7} {'physnet':>8} {'fuse':>7} "
-          f"{'ms, ' + str(torch.get_num_threads()) + ' thr':>10}")
+          f"{'ms, ' + str(torch.get_num_threads()) + ' thr':>10} {'fuse+fit2d':>10}")
     for T in LENGTHS:
         clip = synthetic_clip(T)
         for _ in range(args.warmup):
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             split = {"lift": statistics.median(_time(lambda: lift_pose(clip, model, num_threads=None), args.runs)),
                      "physnet": statistics.median(_time(lambda: refine_pose3d(dd, model.physnet), args.runs)),
                      "fuse": statistics.median(_time(lambda: fuse_poses(dd, pp, clip), args.runs))}
+            fit2d = statistics.median(_time(lambda: fuse_poses(dd, pp, clip, fit_2d=DEFAULT_FIT_2D_ITERS),
+                                            max(1, args.runs // 4)))
         run(clip, None)
         all_threads = statistics.median(_time(lambda: run(clip, None), max(3, args.runs // 2)))
         result["ms_per_clip_torch_threads"][str(T)] = round(all_threads, 2)
@@ -98,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         result["ms_per_clip_min"][str(T)] = round(min(total), 2)
         result["cpu_ms_per_clip"][str(T)] = round(statistics.median(cpu), 2)
         result["stages_ms"][str(T)] = {k: round(v, 2) for k, v in split.items()}
+        result["fit2d_ms"][str(T)] = round(fit2d, 2)
         print(f"{T:>6} {med:>10.1f} {min(total):>8.1f} {statistics.median(cpu):>8.1f} {split['lift']:>7.1f} "
               f"{split['physnet']:>8.1f} "
-              f"{split['fuse']:>7.1f} {all_threads:>10.1f}")
+              f"{split['fuse']:>7.1f} {all_threads:>10.1f} {fit2d:>10.1f}")
     ms = result["ms_per_clip"]
     result.update(ratio_256_over_16=round(ms["256"] / ms["16"], 2),
                   target_ms_16=50.0, meets_target_16=ms["16"] <= 50.0,
