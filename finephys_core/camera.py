@@ -202,7 +202,8 @@ def project(joints3d: Tensor, camera: WeakPerspective | Perspective, min_depth: 
 def fit_to_keypoints(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor, iters: int = 150,
                      rigid: bool = True, prior: float = 0.5, smooth: float = 0.3, robust_m: float = 0.1,
                      lr: float = 0.01, progress: Callable[[int], None] | None = None) -> Tensor:
-    """Test-time fit of a root-relative 3D clip (T, J, 3) metres to its detected 2D (T, J, 2), weights (T, J).
+    """Test-time fit of a root-relative 3D clip (..., T, J, 3) metres to its detected 2D (..., T, J, 2) with
+    weights (..., T, J); J = 17 (H36M-17) when ``rigid``.
 
     Adam over the joints, a weak-perspective scale s and translations t (started at :func:`fit_camera`)
     minimises Σ w·ρ(‖P(Y) − x‖ / s) + prior·‖Y − X‖² + smooth·‖Y_{t+1} − 2Y_t + Y_{t−1}‖², in metres, with ρ
