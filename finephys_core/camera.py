@@ -217,17 +217,17 @@ def fit_to_keypoints(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor, ite
     if iters <= 0:
         return joints3d
     with torch.inference_mode(False), torch.enable_grad():
-        X = joints3d.detach().clone().double()
-        kp = torch.nan_to_num(keypoints2d.detach().clone().double())
-        w = torch.where(keypoints2d.isfinite().all(-1), weights.detach().clone().double().clamp_min(0), 0.0)
+        X = joints3d.detach().double()
+        kp = torch.nan_to_num(keypoints2d.detach().double())
+        w = torch.where(keypoints2d.isfinite().all(-1), weights.detach().double().clamp_min(0), 0.0)
         start = fit_camera(X, kp, w)
         if not bool(torch.isfinite(start.scale).all() and (start.scale > 0).all()):
             return joints3d                             # no usable 2D to fit to
         lengths = bone_vectors(X).norm(dim=-1).median(dim=-2).values if rigid else None
         pose = lambda Z: constant_bone_lengths(Z, lengths) if rigid else Z  # noqa: E731
         Z = X.clone().requires_grad_()
-        log_scale = start.scale.log().clone().requires_grad_()
-        trans = start.translation.clone().requires_grad_()
+        log_scale = start.scale.log().requires_grad_()
+        trans = start.translation.requires_grad_()
         optimizer = torch.optim.Adam([Z, log_scale, trans], lr=lr)
         c2 = robust_m ** 2
         for _ in range(iters):

@@ -206,8 +206,8 @@ def test_fit_to_keypoints_is_robust_and_safe():
     wrong = kp.clone()
     wrong[5, 16] += 300.0                                       # one confident, wildly wrong wrist
     wrong[7, 3] = float("nan")                                  # and a NaN
-    with torch.inference_mode():                                # as ComfyUI runs nodes
-        fitted = fit_to_keypoints(truth, wrong, w, iters=100)
+    with torch.inference_mode():                                # as ComfyUI runs nodes: inference tensors in
+        fitted = fit_to_keypoints(truth.clone(), wrong.clone(), w.clone(), iters=100)
     assert torch.isfinite(fitted).all() and not fitted.requires_grad and not torch.equal(fitted, truth)
     assert (fitted - truth).norm(dim=-1).max() < 0.05           # bounded loss: the outlier moves nothing far
     with pytest.raises(ValueError, match="keypoints2d"):
