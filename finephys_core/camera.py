@@ -201,7 +201,8 @@ def project(joints3d: Tensor, camera: WeakPerspective | Perspective, min_depth: 
 
 def fit_to_keypoints(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor, iters: int = 150,
                      rigid: bool = True, prior: float = 0.5, smooth: float = 0.3, robust_m: float = 0.1,
-                     lr: float = 0.01, progress: Callable[[int], None] | None = None) -> Tensor:
+                     lr: float = 0.01, progress: Callable[[int], None] | None = None,
+                     focal: float | None = None, center=None) -> Tensor:
     """Test-time fit of a root-relative 3D clip (..., T, J, 3) metres to its detected 2D (..., T, J, 2) with
     weights (..., T, J); J = 17 (H36M-17) when ``rigid``.
 
@@ -211,6 +212,8 @@ def fit_to_keypoints(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor, ite
     detections). With ``rigid`` every H36M-17 bone keeps its median length in X, so the 2D fixes how far
     each bone points towards the camera — the depth the lifter has to guess. Eq. 20's L2D, optimised per
     clip instead of trained. Runs with gradients even under inference mode; returns a detached tensor.
+    With ``focal`` (pixels) and ``center`` (2,) P is that pinhole camera instead, with a 3D root translation
+    per frame (started at :func:`fit_perspective`) and residuals in metres at each frame's root depth.
     ``progress``, when given, is called with 1 after each iteration (it may raise to interrupt).
     """
     _check_fit_inputs(joints3d, keypoints2d, weights)
@@ -220,21 +223,19 @@ def fit_to_keypoints(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor, ite
         X = joints3d.detach().double()
         kp = torch.nan_to_num(keypoints2d.detach().double())
         w = torch.where(keypoints2d.isfinite().all(-1), weights.detach().double().clamp_min(0), 0.0)
-        start = fit_camera(X, kp, w)
-        if not bool(torch.isfinite(start.scale).all() and (start.scale > 0).all()):
+        weak = fit_camera(X, kp, w)
+        if not bool(torch.isfinite(weak.scale).all() and (weak.scale > 0).all()):
             return joints3d                             # no usable 2D to fit to
         lengths = bone_vectors(X).norm(dim=-1).median(dim=-2).values if rigid else None
         pose = lambda Z: constant_bone_lengths(Z, lengths) if rigid else Z  # noqa: E731
         Z = X.clone().requires_grad_()
-        log_scale = start.scale.log().requires_grad_()
-        trans = start.translation.requires_grad_()
-        optimizer = torch.optim.Adam([Z, log_scale, trans], lr=lr)
+        camera, px_per_m, variables = _fit_camera_variables(X, kp, w, weak, focal, center)
+        optimizer = torch.optim.Adam([Z, *variables], lr=lr)
         c2 = robust_m ** 2
         for _ in range(iters):
             optimizer.zero_grad()
             Y = pose(Z)
-            scale = log_scale.exp()
-            r2 = ((project(Y, WeakPerspective(scale, trans)) - kp) ** 2).sum(-1) / scale[..., None, None] ** 2
+            r2 = ((project(Y, camera()) - kp) ** 2).sum(-1) / px_per_m() ** 2
             loss = (c2 * (w * r2 / (r2 + c2))).sum() + prior * ((Y - X) ** 2).sum()
             if Y.shape[-3] > 2:
                 loss = loss + smooth * ((Y[..., 2:, :, :] - 2 * Y[..., 1:-1, :, :] + Y[..., :-2, :, :]) ** 2).sum()
@@ -244,6 +245,21 @@ def fit_to_keypoints(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor, ite
                 progress(1)
         with torch.no_grad():
             return pose(Z).to(joints3d.dtype)
+
+
+def _fit_camera_variables(X: Tensor, kp: Tensor, w: Tensor, weak: WeakPerspective, focal, center):
+    """The camera :func:`fit_to_keypoints` moves with the pose: (camera(), pixels per metre at the root
+    (..., 1, 1) or (..., T, 1), its tensors to optimise). Weak perspective: a log-scale and 2D translations;
+    a pinhole of known ``focal``: 3D root translations."""
+    if focal is None:
+        log_scale = weak.scale.log().requires_grad_()
+        trans = weak.translation.requires_grad_()
+        return (lambda: WeakPerspective(log_scale.exp(), trans),
+                lambda: log_scale.exp()[..., None, None], [log_scale, trans])
+    start = fit_perspective(X, kp, w, focal, center)
+    trans = start.translation.requires_grad_()
+    return (lambda: Perspective(start.focal, start.center, trans),
+            lambda: start.focal[..., None, None] / trans[..., 2:].clamp_min(0.1), [trans])
 
 
 # ----------------------------------------------------------------------------- numpy / Pose wrappers
@@ -280,7 +296,8 @@ def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = DEFAULT
     ``weight``: of S_pp (:data:`DEFAULT_FUSE_WEIGHT`; the paper's mean is 0.5). ``bones``: 'constant'
     (default) gives Ŝ one length per bone for the clip (:func:`constant_bone_lengths`); 'free' is the
     paper's plain weighted mean. ``fit_2d`` > 0: that many iterations of :func:`fit_to_keypoints` fit Ŝ
-    to ``detected`` before the camera (rigid with constant bones; 0, the default: the paper's fusion),
+    to ``detected`` through ``camera_model`` before the final camera fit (rigid with constant bones; 0, the
+    default: the paper's fusion),
     calling ``progress`` with 1 after each iteration.
 
     Returns (Pose3D source 'fused' with its Camera, Pose2D of the reprojection in pixels, H36M layout,
@@ -298,14 +315,14 @@ def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = DEFAULT
         fused = constant_bone_lengths(fused)
     kp = torch.from_numpy(detected.keypoints).double()
     sc = torch.from_numpy(detected.scores).double()
-    fused = fit_to_keypoints(fused, kp, sc, iters=int(fit_2d), rigid=bones == "constant", progress=progress)
     size = detected.image_size
-    if camera_model == "weak":
-        cam = fit_camera(fused, kp, sc)
-    elif camera_model == "perspective":
-        cam = fit_perspective(fused, kp, sc, float(focal or max(size)), (size[0] / 2.0, size[1] / 2.0))
-    else:
+    if camera_model not in ("weak", "perspective"):
         raise ValueError(f"camera_model must be 'weak' or 'perspective'; got {camera_model!r}")
+    pinhole = ((float(focal or max(size)), (size[0] / 2.0, size[1] / 2.0)) if camera_model == "perspective"
+               else (None, None))
+    fused = fit_to_keypoints(fused, kp, sc, iters=int(fit_2d), rigid=bones == "constant", progress=progress,
+                             focal=pinhole[0], center=pinhole[1])
+    cam = fit_camera(fused, kp, sc) if camera_model == "weak" else fit_perspective(fused, kp, sc, *pinhole)
     reproj = project(fused, cam).float().numpy()
     meta = {**dd.meta, "camera_model": camera_model, "fuse_weight": float(weight), "bones": bones,
             "fit_2d": int(fit_2d)}

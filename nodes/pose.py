@@ -104,7 +104,8 @@ class FinePhysFusePoses:
                 "camera_model": (list(CAMERA_MODELS), {
                     "default": "weak",
                     "tooltip": "weak: weak perspective (scale + translation per clip, closed form); perspective: "
-                               "pinhole with the focal length below, root depth fitted per frame."}),
+                               "pinhole with the focal length below, root depth fitted per frame. The 2D fit "
+                               "uses the same camera."}),
                 "focal": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100000.0, "step": 1.0,
                                     "tooltip": "Focal length in pixels for 'perspective'; 0 = the longer image "
                                                "side. Ignored by 'weak'."}),
