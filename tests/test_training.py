@@ -214,7 +214,7 @@ def test_stage2_and_stage3_smoke(tmp_path, shard_dir):
     assert tuned.meta["stage"] == 3
 
 
-@pytest.mark.parametrize("extra", [{"pool_size": 0}, {"pool_size": 6, "train": "lifter"}],
+@pytest.mark.parametrize("extra", [{"pool_size": 0}, {"pool_size": 6, "train": "lifter", "score_gamma": 2.0}],
                          ids=["fresh-batches", "lifter-from-pool"])
 def test_stage2_resume_matches_straight_run(tmp_path, shard_dir, extra):
     """Killed and resumed = never killed, for fresh batches and for the shipped lifter recipe (a cached pool)."""
@@ -227,6 +227,21 @@ def test_stage2_resume_matches_straight_run(tmp_path, shard_dir, extra):
     a, _ = common.load_checkpoint(tmp_path / "a" / "ckpt-00000004.safetensors")
     b, _ = common.load_checkpoint(tmp_path / "b" / "ckpt-00000004.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_augment_score_gamma_changes_the_calibration_not_the_order():
+    from training.stage2 import augment
+    pose2d = 0.05 + 0.9 * torch.rand(6, 8, 17, 3, generator=torch.Generator().manual_seed(0))
+    pose2d[0, 0, :3, 2] = 0.0                                           # missing joints
+    batch = lambda: {"pose2d": pose2d.clone(), "pose2d_clean": torch.ones_like(pose2d),  # noqa: E731
+                     "pose3d": torch.zeros(6, 8, 17, 3)}
+    assert torch.equal(augment(batch(), np.random.default_rng(1), 0.0, 0.0)["pose2d"], pose2d)   # off by default
+    out = augment(batch(), np.random.default_rng(1), 0.0, 0.0, score_gamma=2.0)["pose2d"]
+    assert torch.equal(out[..., :2], pose2d[..., :2]) and (out[0, 0, :3, 2] == 0).all()
+    power = (out[:, 1:, :, 2].log() / pose2d[:, 1:, :, 2].log()).flatten(1)       # one power per item
+    assert torch.allclose(power, power[:, :1].expand_as(power), rtol=1e-4)
+    assert (power[:, 0] >= 0.5 - 1e-5).all() and (power[:, 0] <= 2 + 1e-5).all() and power[:, 0].std() > 0.1
+    assert torch.equal(out[..., 2].flatten(1).argsort(), pose2d[..., 2].flatten(1).argsort())   # order kept
 
 
 def test_bone_variance_hand_value():
@@ -253,6 +268,14 @@ def test_physics_bench_last_line_is_json(tmp_path, capsys):
     assert set(last["results"]) == {"25", "50"}
     assert set(last["results"]["25"]) == set(bench.METHODS) | {"gt", "clips"}
     assert last["results"]["25"]["gt"]["bone_std"] < 5.0        # physics-exact ground truth is near rigid
+    assert last["score_power"] == 1.0
+
+    assert bench.main(["--weights", str(weights), "--max-clips", "1", "--score-power", "2"]) == 0
+    other = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert other["score_power"] == 2.0                           # another calibration: the lift sees other scores
+    assert other["results"]["25"]["dd"]["mpjpe"] != last["results"]["25"]["dd"]["mpjpe"]
+    with pytest.raises(SystemExit, match="score-power"):
+        bench.main(["--weights", str(weights), "--max-clips", "1", "--score-power", "0"])
 
     assert bench.main(["--weights", str(weights), "--max-clips", "1", "--error-spectrum"]) == 0
     spectrum = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error_spectrum"]

@@ -50,6 +50,7 @@ DEFAULTS = {
     "data": {"synth": {"path": "training/data/synth_train", "weight": 1.0}},
     "camera": {},                     # ranges of the random re-view cameras (training.synth_camera.CameraConfig)
     "corruption": {}, "severity": 1.0, "clean_fraction": 0.1, "flip_prob": 0.5,
+    "score_gamma": 1.0,               # > 1: each item's 2D scores to a random power in [1/g, g] (see augment)
     "fuse_weight": 0.5,
     "loss": {"fused": 1.0, "noise": 1.0, "dd": 0.0, "pp": 0.0, "velocity": 0.0, "bone": 0.0, "norm": "squared"},
     "prompt_bank": 64, "prior_windows": 4000,
@@ -175,11 +176,19 @@ def pool_batch(pool: dict, size: int, rng: np.random.Generator) -> dict:
     return {k: v[idx] for k, v in pool.items()}
 
 
-def augment(batch: dict, rng: np.random.Generator, clean_fraction: float, flip_prob: float) -> dict:
-    """Mirror some items left↔right (x → −x and joints swapped) and give some the clean 2D."""
+def augment(batch: dict, rng: np.random.Generator, clean_fraction: float, flip_prob: float,
+            score_gamma: float = 1.0) -> dict:
+    """Mirror some items left↔right (x → −x and joints swapped) and give some the clean 2D. With
+    ``score_gamma`` > 1 every item's scores go to a power drawn log-uniformly from [1/score_gamma,
+    score_gamma]: the order of the scores is kept, their calibration (which differs between detectors,
+    and from our corruption model's) is not, so the lifter cannot lean on it."""
     B = batch["pose2d"].shape[0]
     clean = torch.from_numpy(rng.random(B) < clean_fraction)
     batch["pose2d"] = torch.where(clean[:, None, None, None], batch["pose2d_clean"], batch["pose2d"])
+    if score_gamma > 1.0:
+        power = torch.from_numpy(score_gamma ** rng.uniform(-1.0, 1.0, B)).to(batch["pose2d"].dtype)
+        xy, score = batch["pose2d"].split([2, 1], -1)
+        batch["pose2d"] = torch.cat([xy, score.clamp_min(0.0) ** power[:, None, None, None]], -1)
     flip = torch.from_numpy(rng.random(B) < flip_prob)[:, None, None, None]
     for k in ("pose2d", "pose2d_clean", "pose3d"):
         batch[k] = torch.where(flip, H36M17.mirror(batch[k]), batch[k])
@@ -354,7 +363,7 @@ def run(config: dict, args) -> dict:
         batch = ctx.shard(pool_batch(pool, size, ctx.rng) if pool is not None
                           else draw_batch(ds, probs, size, ctx.rng, step))
         if "s_dd" not in batch:
-            batch = augment(batch, ctx.rng, cfg["clean_fraction"], cfg["flip_prob"])
+            batch = augment(batch, ctx.rng, cfg["clean_fraction"], cfg["flip_prob"], cfg["score_gamma"])
         batch = {k: v.to(ctx.device) for k, v in batch.items()}
         return losses(ctx.extra["model"], batch, (bank_2d.to(ctx.device), bank_3d.to(ctx.device)),
                       prior.to(ctx.device), cfg, n)
