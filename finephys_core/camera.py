@@ -297,8 +297,7 @@ def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = DEFAULT
     (default) gives Ŝ one length per bone for the clip (:func:`constant_bone_lengths`); 'free' is the
     paper's plain weighted mean. ``fit_2d`` > 0: that many iterations of :func:`fit_to_keypoints` fit Ŝ
     to ``detected`` through ``camera_model`` before the final camera fit (rigid with constant bones; 0, the
-    default: the paper's fusion),
-    calling ``progress`` with 1 after each iteration.
+    default: the paper's fusion), calling ``progress`` with 1 after each iteration.
 
     Returns (Pose3D source 'fused' with its Camera, Pose2D of the reprojection in pixels, H36M layout,
     score 1 for every joint: the reprojection is defined everywhere, missing detections included).
