@@ -199,6 +199,9 @@ def test_stage2_and_stage3_smoke(tmp_path, shard_dir):
     with pytest.raises(ValueError, match="loss.norm must be one of"):
         run_stage_main(["--stage", "2", "--config", str(_cfg(tmp_path, "bad.json", data=data, loss={"norm": "l1"})),
                         "--out", str(tmp_path / "bad")])
+    with pytest.raises(ValueError, match="score_gamma must be"):
+        run_stage_main(["--stage", "2", "--config", str(_cfg(tmp_path, "bad.json", data=data, score_gamma=0.5)),
+                        "--out", str(tmp_path / "bad")])
     with pytest.raises(ValueError, match="train must be one of"):
         run_stage_main(["--stage", "2", "--config", str(_cfg(tmp_path, "bad.json", data=data, train="physics")),
                         "--out", str(tmp_path / "bad")])

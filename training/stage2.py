@@ -323,6 +323,8 @@ def run(config: dict, args) -> dict:
         raise ValueError(f"train must be one of {TRAIN_MODES}; got {cfg['train']!r}")
     if cfg["loss"]["norm"] not in LOSS_NORMS:
         raise ValueError(f"loss.norm must be one of {LOSS_NORMS}; got {cfg['loss']['norm']!r}")
+    if not cfg["score_gamma"] >= 1.0:
+        raise ValueError(f"score_gamma must be ≥ 1 (1 = off; g: powers from 1/g to g); got {cfg['score_gamma']!r}")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=1))

@@ -278,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tune-one-euro", metavar="SHARDS",
                     help="grid-search the one-euro parameters on a synthetic shard folder (validation) and exit")
     args = ap.parse_args(argv)
+    if not args.score_power > 0:
+        raise SystemExit(f"--score-power must be > 0; got {args.score_power}")
     if args.make_heldout:
         t0 = time.time()
         path = make_heldout(Path(args.data), args.motions)
@@ -303,8 +305,6 @@ def main(argv: list[str] | None = None) -> int:
             seen[f] = seen.get(f, 0) + 1
             keep.append(c if seen[f] <= args.max_clips else None)
         clips = [c for c in keep if c is not None]
-    if args.score_power <= 0:
-        raise SystemExit(f"--score-power must be > 0; got {args.score_power}")
     for c in clips:
         c["det_scores"] = c["det_scores"] ** args.score_power
     if args.error_spectrum:
