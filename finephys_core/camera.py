@@ -30,6 +30,8 @@ from .skeleton import H36M17
 # Depth (metres) at which a weak-perspective fit is written as a pinhole sequence.Camera: far enough that
 # the pinhole projection of a body (±1 m deep) differs from the weak one by < 0.1 %.
 WEAK_DEPTH_M = 1000.0
+# Nearest root depth (metres) a fitted pinhole camera may put the performer at.
+MIN_ROOT_DEPTH_M = 0.1
 
 
 class WeakPerspective(NamedTuple):
@@ -158,7 +160,7 @@ def fit_camera(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor, eps: floa
 
 
 def fit_perspective(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor, focal, center,
-                    min_depth: float = 0.1) -> Perspective:
+                    min_depth: float = MIN_ROOT_DEPTH_M) -> Perspective:
     """Weighted least-squares root translation per frame for a pinhole camera of known focal and centre.
 
     Multiplying out the depth, each visible joint gives two equations linear in T = (tx, ty, tz):
@@ -260,7 +262,7 @@ def _fit_camera_variables(X: Tensor, kp: Tensor, w: Tensor, weak: WeakPerspectiv
     start = fit_perspective(X, kp, w, focal, center)
     trans = start.translation.requires_grad_()
     return (lambda: Perspective(start.focal, start.center, trans),
-            lambda: start.focal[..., None, None] / trans[..., 2:].clamp_min(0.1), [trans])
+            lambda: start.focal[..., None, None] / trans[..., 2:].clamp_min(MIN_ROOT_DEPTH_M), [trans])
 
 
 # ----------------------------------------------------------------------------- numpy / Pose wrappers
