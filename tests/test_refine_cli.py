@@ -70,6 +70,16 @@ def test_refine_shapes(tiny, T):
     assert np.allclose(free.fused.joints, (1 - w) * free.dd.joints + w * free.pp.joints, atol=1e-6)
 
 
+def test_a_panning_camera_changes_the_reprojection_only(tiny):
+    p = _pose2d(20, 4, layout="h36m17")
+    pan = np.cumsum(np.random.default_rng(5).normal(0, 8, (20, 1, 2)), axis=0)    # a camera following the athlete
+    panned = Pose2D(p.keypoints + pan, p.scores, p.image_size, p.fps, "h36m17")
+    still, moving = refine_pose2d(p, tiny, fit_2d=30), refine_pose2d(panned, tiny, fit_2d=30)
+    for a, b in ((still.dd, moving.dd), (still.pp, moving.pp), (still.fused, moving.fused)):
+        np.testing.assert_allclose(a.joints, b.joints, atol=1e-4)
+    np.testing.assert_allclose(moving.reprojected.keypoints, still.reprojected.keypoints + pan, atol=1e-2)
+
+
 def _mirrored(p: Pose2D) -> Pose2D:
     kp = p.keypoints[:, H36M17.flip_index].copy()
     kp[..., 0] = p.image_size[0] - kp[..., 0]

@@ -279,6 +279,12 @@ def test_physics_bench_last_line_is_json(tmp_path, capsys):
     assert other["results"]["25"]["dd"]["mpjpe"] != last["results"]["25"]["dd"]["mpjpe"]
     with pytest.raises(SystemExit, match="score-power"):
         bench.main(["--weights", str(weights), "--max-clips", "1", "--score-power", "0"])
+    assert last["zoom"] == 1.0
+    assert bench.main(["--weights", str(weights), "--max-clips", "1", "--zoom", "1.5"]) == 0
+    zoomed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert zoomed["zoom"] == 1.5 and zoomed["results"]["25"]["dd"]["mpjpe"] != last["results"]["25"]["dd"]["mpjpe"]
+    with pytest.raises(SystemExit, match="zoom"):
+        bench.main(["--weights", str(weights), "--max-clips", "1", "--zoom", "-1"])
 
     assert bench.main(["--weights", str(weights), "--max-clips", "1", "--error-spectrum"]) == 0
     spectrum = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error_spectrum"]
