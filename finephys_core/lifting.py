@@ -18,7 +18,7 @@ Conventions (the training code builds its inputs the same way, through :func:`li
 * 2D inputs are :func:`finephys_core.sequence.normalize_screen` outputs, (…, T, 17, 3): x, y divided by
   half the longer image side around the image centre, score as the third channel (0 = missing).
   :meth:`ICLLifter.forward` applies :func:`lifter_inputs` itself (it is idempotent, so calling it first
-  does no harm).
+  does no harm to the pose, but it removes the travel across the image that a ``trajectory`` lifter reads).
 * 3D inputs and outputs: metres, root-relative (pelvis at 0), camera frame (x right, y down, z forward).
 """
 from __future__ import annotations
@@ -52,7 +52,9 @@ class LifterConfig:
     ``prompt_stride``: the prompt segment keeps every k-th prompt frame, so the sequence is ⌈T/k⌉ + T tokens
     instead of 2T (k = 4: a training step costs 0.63× as much). ``centre``: the 2D point subtracted per
     frame (:func:`lifter_inputs`): 'pelvis' (as trained before), or 'median', the per-coordinate median of the
-    visible joints, which one wrong joint (the pelvis included) cannot move far.
+    visible joints, which one wrong joint (the pelvis included) cannot move far. ``trajectory`` (frame
+    tokens): each frame token also sees where that centre is in the image relative to the window's mean
+    (:func:`trajectory_inputs`), the travel that per-frame centring removes.
     """
 
     tokens: str = "joint"
@@ -66,6 +68,7 @@ class LifterConfig:
     dropout: float = 0.0
     prompt_stride: int = 1
     centre: str = "pelvis"
+    trajectory: bool = False
 
     def __post_init__(self):
         if self.tokens not in TOKEN_KINDS:
@@ -74,6 +77,8 @@ class LifterConfig:
             raise ValueError(f"LifterConfig centre must be one of {CENTRES}; got {self.centre!r}")
         if self.prompt_stride < 1:
             raise ValueError(f"LifterConfig prompt_stride must be ≥ 1; got {self.prompt_stride}")
+        if self.trajectory and self.tokens != "frame":
+            raise ValueError("LifterConfig trajectory needs tokens='frame'")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +106,23 @@ def lifter_inputs(pose2d_normalized, centre: str = "pelvis") -> Tensor:
       4. the score channel is kept unchanged.
     Idempotent: applying it to its own output returns the same values.
     """
+    rel, score, _, scale = _centred(pose2d_normalized, centre)
+    return torch.cat([rel / scale, score], -1)
+
+
+def trajectory_inputs(pose2d_normalized, centre: str = "pelvis") -> Tensor:
+    """(…, T, 17, 3) normalised 2D → (…, T, 2): each frame's centre (as :func:`lifter_inputs` subtracts it)
+    relative to the mean centre of the frames where someone is visible, in the clip's scale units
+    (:func:`lifter_inputs` step 3); 0 for frames where nobody is visible. The travel across the image."""
+    _, score, root, scale = _centred(pose2d_normalized, centre)
+    seen = (score > 0).any(-2).to(root.dtype)                                        # (…, T, 1)
+    mean = (root[..., 0, :] * seen).sum(-2, keepdim=True) / seen.sum(-2, keepdim=True).clamp_min(1)
+    return (root[..., 0, :] - mean) * seen / scale[..., 0, :]
+
+
+def _centred(pose2d_normalized, centre: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Steps 1–2 of :func:`lifter_inputs`: (centred xy (…, T, 17, 2) with missing joints at 0, score (…, T, 17, 1),
+    the per-frame centre (…, T, 1, 2), the clip's scale (…, 1, 1, 1))."""
     x = torch.as_tensor(np.asarray(pose2d_normalized) if not isinstance(pose2d_normalized, Tensor)
                         else pose2d_normalized, dtype=torch.float32)
     if x.ndim < 3 or x.shape[-2:] != (NUM_JOINTS, 3):
@@ -120,7 +142,7 @@ def lifter_inputs(pose2d_normalized, centre: str = "pelvis") -> Tensor:
     ms = (score * rel.pow(2).sum(-1, keepdim=True)).sum((-3, -2, -1), keepdim=True)
     wsum = score.sum((-3, -2, -1), keepdim=True)
     scale = torch.where(wsum > 0, (ms / wsum.clamp_min(1e-8)).sqrt(), torch.ones_like(ms)).clamp_min(1e-3)
-    return torch.cat([rel / scale, score], -1)
+    return rel, score, root, scale
 
 
 # ----------------------------------------------------------------------------- model
@@ -204,6 +226,9 @@ class ICLLifter(nn.Module):
         self.config = cfg = config or LifterConfig()
         per_token = 1 if cfg.tokens == "joint" else cfg.num_joints      # joints carried by one token
         self.embed = nn.Linear(6 * per_token, cfg.dim)
+        if cfg.trajectory:
+            self.trajectory_embed = nn.Linear(2, cfg.dim)
+            nn.init.zeros_(self.trajectory_embed.weight)
         self.frame_embed = nn.Parameter(torch.zeros(cfg.window, 1, cfg.dim))
         self.segment_embed = nn.Parameter(torch.zeros(2, cfg.dim))
         if cfg.tokens == "joint":
@@ -246,6 +271,9 @@ class ICLLifter(nn.Module):
             x = self.embed(inputs) + self.joint_embed + frames + segments        # (B, tp+T, 17, dim)
         else:
             x = self.embed(rearrange(inputs, "b t j c -> b t (j c)")) + (frames + segments)[:, 0]
+            if self.config.trajectory:
+                x = x + self.trajectory_embed(torch.cat([trajectory_inputs(prompt_2d, centre),
+                                                         trajectory_inputs(query_2d, centre)], 1))
         for block in self.blocks:
             x = block(x)
         offset = self.head(self.norm(x[:, tp:]))

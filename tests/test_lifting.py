@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from finephys_core.lifting import (CENTRES, TOKEN_KINDS, ICLLifter, LifterConfig, blend_weights, lift_windows,
-                                   lifter_inputs, window_starts)
+                                   lifter_inputs, trajectory_inputs, window_starts)
 from finephys_core.pose_model import load_pose_model, random_pose_model, save_pose_model
 
 W = 8
@@ -94,6 +94,43 @@ def test_prompt_stride_reads_every_kth_prompt_frame():
             LifterConfig(**bad)
     old = LifterConfig.from_dict({"tokens": "frame", "dim": 8})                  # files written before both
     assert (old.prompt_stride, old.centre) == (1, "pelvis")
+
+
+def test_trajectory_inputs_are_the_travel_in_clip_scale():
+    x = _pose2d(6)
+    x[..., 2] = 0.9
+    traj = trajectory_inputs(x)
+    scale = (x[..., :2] - x[..., :1, :2]).norm(dim=-1).pow(2).mean().sqrt()    # lifter_inputs' clip scale (equal scores)
+    pelvis = x[:, 0, :2]
+    assert torch.allclose(traj, (pelvis - pelvis.mean(0)) / scale, atol=1e-5)
+    panned = x.clone()
+    panned[..., :2] += torch.tensor([0.2, -0.1])                                 # the same offset in every frame
+    assert torch.allclose(trajectory_inputs(panned), traj, atol=1e-5)
+    x[3, :, 2] = 0.0                                                             # nobody in frame 3
+    gone = trajectory_inputs(x)
+    assert torch.equal(gone[3], torch.zeros(2))
+    seen = [0, 1, 2, 4, 5]
+    assert torch.allclose(gone[seen].mean(0), torch.zeros(2), atol=1e-5)        # the mean is over seen frames
+    assert torch.equal(trajectory_inputs(torch.zeros(4, 17, 3)), torch.zeros(4, 2))
+
+
+def test_lifter_reads_the_trajectory_only_when_asked():
+    with pytest.raises(ValueError, match="trajectory needs tokens='frame'"):
+        LifterConfig(tokens="joint", trajectory=True)
+    assert LifterConfig.from_dict({"tokens": "frame"}).trajectory is False         # files written before it
+    torch.manual_seed(0)
+    plain = ICLLifter(LifterConfig(tokens="frame", dim=16, depth=1, heads=2, rep_dim=16, window=W)).eval()
+    travel = ICLLifter(LifterConfig(tokens="frame", dim=16, depth=1, heads=2, rep_dim=16, window=W,
+                                    trajectory=True)).eval()
+    torch.nn.init.normal_(travel.trajectory_embed.weight)                       # as if trained (it starts at 0)
+    p2d, p3d = _prompt()
+    q, prior = _pose2d(W, 3)[None], torch.zeros(1, W, 17, 3)
+    pan = q.clone()
+    pan[..., :2] += torch.linspace(0, 0.3, W)[:, None, None]                     # per-frame offsets: a camera pan
+    with torch.no_grad():
+        for lifter, changes in ((plain, False), (travel, True)):
+            a, b = lifter(p2d[None], p3d[None], q, prior), lifter(p2d[None], p3d[None], pan, prior)
+            assert ((a - b).abs().max() > 1e-4) == changes
 
 
 def test_lifter_inputs_rejects_bad_shape():
@@ -240,7 +277,7 @@ def test_token_kinds_config_and_file_round_trip(tmp_path):
         LifterConfig(tokens="patch")
     assert LifterConfig.from_dict({"dim": 8}).tokens == "joint"          # files written before 'tokens'
     frame = ICLLifter(LifterConfig(tokens="frame", dim=16, depth=1, heads=2, rep_dim=16, window=W,
-                                   prompt_stride=2, centre="median"))
+                                   prompt_stride=2, centre="median", trajectory=True))
     joint = ICLLifter(LifterConfig(tokens="joint", dim=16, depth=1, heads=2, rep_dim=16, window=W))
     assert frame.embed.in_features == 6 * 17 and joint.embed.in_features == 6
     assert not hasattr(frame, "joint_embed")

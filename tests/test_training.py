@@ -202,6 +202,9 @@ def test_stage2_and_stage3_smoke(tmp_path, shard_dir):
     with pytest.raises(ValueError, match="score_gamma must be"):
         run_stage_main(["--stage", "2", "--config", str(_cfg(tmp_path, "bad.json", data=data, score_gamma=0.5)),
                         "--out", str(tmp_path / "bad")])
+    with pytest.raises(ValueError, match="track_prob must be"):
+        run_stage_main(["--stage", "2", "--config", str(_cfg(tmp_path, "bad.json", data=data, track_prob=1.5)),
+                        "--out", str(tmp_path / "bad")])
     with pytest.raises(ValueError, match="train must be one of"):
         run_stage_main(["--stage", "2", "--config", str(_cfg(tmp_path, "bad.json", data=data, train="physics")),
                         "--out", str(tmp_path / "bad")])
@@ -217,7 +220,9 @@ def test_stage2_and_stage3_smoke(tmp_path, shard_dir):
     assert tuned.meta["stage"] == 3
 
 
-@pytest.mark.parametrize("extra", [{"pool_size": 0}, {"pool_size": 6, "train": "lifter", "score_gamma": 2.0}],
+@pytest.mark.parametrize("extra", [{"pool_size": 0},
+                                   {"pool_size": 6, "train": "lifter", "score_gamma": 2.0, "track_prob": 0.5,
+                                    "lifter": {**TINY["lifter"], "tokens": "frame", "trajectory": True}}],
                          ids=["fresh-batches", "lifter-from-pool"])
 def test_stage2_resume_matches_straight_run(tmp_path, shard_dir, extra):
     """Killed and resumed = never killed, for fresh batches and for the shipped lifter recipe (a cached pool)."""
@@ -245,6 +250,26 @@ def test_augment_score_gamma_changes_the_calibration_not_the_order():
     assert torch.allclose(power, power[:, :1].expand_as(power), rtol=1e-4)
     assert (power[:, 0] >= 0.5 - 1e-5).all() and (power[:, 0] <= 2 + 1e-5).all() and power[:, 0].std() > 0.1
     assert torch.equal(out[..., 2].flatten(1).argsort(), pose2d[..., 2].flatten(1).argsort())   # order kept
+
+
+def test_augment_track_prob_takes_a_share_of_the_travel_out():
+    from training.stage2 import augment
+    g = torch.Generator().manual_seed(2)
+    clean = torch.cat([torch.rand(6, 8, 17, 2, generator=g), torch.ones(6, 8, 17, 1)], -1)
+    clean[..., :2] += torch.linspace(0, 0.5, 8)[:, None, None]                  # the athlete travels right
+    noisy = clean + torch.cat([0.01 * torch.randn(6, 8, 17, 2, generator=g), torch.zeros(6, 8, 17, 1)], -1)
+    batch = lambda: {"pose2d": noisy.clone(), "pose2d_clean": clean.clone(),  # noqa: E731
+                     "pose3d": torch.zeros(6, 8, 17, 3)}
+    assert torch.equal(augment(batch(), np.random.default_rng(1), 0.0, 0.0)["pose2d"], noisy)     # off by default
+    out = augment(batch(), np.random.default_rng(1), 0.0, 0.0, track_prob=1.0)
+    travel = lambda x: x[:, :, 0, :2] - x[:, :, 0, :2].mean(1, keepdim=True)  # noqa: E731
+    kept = (travel(out["pose2d_clean"]) / travel(clean))[..., 0]                 # share of the travel left, per item
+    assert torch.allclose(kept, kept[:, :1].expand_as(kept), atol=1e-4)
+    assert ((kept >= -1e-5) & (kept <= 1 + 1e-5)).all() and kept[:, 0].std() > 0.1
+    shift = noisy - out["pose2d"]                                                 # the same pan moves the detections
+    assert torch.allclose(shift, clean - out["pose2d_clean"], atol=1e-6) and torch.equal(out["pose2d"][..., 2], noisy[..., 2])
+    pose = lambda x: x[..., :2] - x[..., :1, :2]  # noqa: E731
+    assert torch.allclose(pose(out["pose2d"]), pose(noisy), atol=1e-6)          # only the position in the image moves
 
 
 def test_bone_variance_hand_value():
@@ -285,6 +310,13 @@ def test_physics_bench_last_line_is_json(tmp_path, capsys):
     assert zoomed["zoom"] == 1.5 and zoomed["results"]["25"]["dd"]["mpjpe"] != last["results"]["25"]["dd"]["mpjpe"]
     with pytest.raises(SystemExit, match="zoom"):
         bench.main(["--weights", str(weights), "--max-clips", "1", "--zoom", "-1"])
+    assert last["track"] == 0.0
+    assert bench.main(["--weights", str(weights), "--max-clips", "1", "--track", "1"]) == 0
+    tracked = json.loads(capsys.readouterr().out.strip().splitlines()[-1])   # this lifter does not read the travel
+    assert tracked["track"] == 1.0 and tracked["results"]["25"]["dd"]["mpjpe"] == pytest.approx(
+        last["results"]["25"]["dd"]["mpjpe"], abs=1e-3)
+    with pytest.raises(SystemExit, match="track"):
+        bench.main(["--weights", str(weights), "--max-clips", "1", "--track", "2"])
 
     assert bench.main(["--weights", str(weights), "--max-clips", "1", "--error-spectrum"]) == 0
     spectrum = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error_spectrum"]

@@ -51,6 +51,7 @@ DEFAULTS = {
     "camera": {},                     # ranges of the random re-view cameras (training.synth_camera.CameraConfig)
     "corruption": {}, "severity": 1.0, "clean_fraction": 0.1, "flip_prob": 0.5,
     "score_gamma": 1.0,               # > 1: each item's 2D scores to a random power in [1/g, g] (see augment)
+    "track_prob": 0.0,                # share of items seen by a camera that pans after the athlete (see augment)
     "fuse_weight": 0.5,
     "loss": {"fused": 1.0, "noise": 1.0, "dd": 0.0, "pp": 0.0, "velocity": 0.0, "bone": 0.0, "norm": "squared"},
     "prompt_bank": 64, "prior_windows": 4000,
@@ -177,12 +178,21 @@ def pool_batch(pool: dict, size: int, rng: np.random.Generator) -> dict:
 
 
 def augment(batch: dict, rng: np.random.Generator, clean_fraction: float, flip_prob: float,
-            score_gamma: float = 1.0) -> dict:
+            score_gamma: float = 1.0, track_prob: float = 0.0) -> dict:
     """Mirror some items left↔right (x → −x and joints swapped) and give some the clean 2D. With
     ``score_gamma`` > 1 every item's scores go to a power drawn log-uniformly from [1/score_gamma,
     score_gamma]: the order of the scores is kept, their calibration (which differs between detectors,
-    and from our corruption model's) is not, so the lifter cannot lean on it."""
+    and from our corruption model's) is not, so the lifter cannot lean on it. A ``track_prob`` share of
+    the items is seen by a camera that pans after the athlete: a random fraction (uniform in [0, 1]) of
+    the pelvis's travel across the image is taken out of every frame, so a lifter that reads the travel
+    (``LifterConfig.trajectory``) cannot rely on the camera being static (broadcast footage pans)."""
     B = batch["pose2d"].shape[0]
+    if track_prob > 0.0:
+        follow = torch.from_numpy(rng.uniform(0.0, 1.0, B) * (rng.random(B) < track_prob))
+        travel = batch["pose2d_clean"][..., :1, :2] - batch["pose2d_clean"][..., :1, :2].mean(-3, keepdim=True)
+        shift = follow.to(travel.dtype)[:, None, None, None] * travel                  # (B, T, 1, 2)
+        for k in ("pose2d", "pose2d_clean"):
+            batch[k] = torch.cat([batch[k][..., :2] - shift, batch[k][..., 2:]], -1)
     clean = torch.from_numpy(rng.random(B) < clean_fraction)
     batch["pose2d"] = torch.where(clean[:, None, None, None], batch["pose2d_clean"], batch["pose2d"])
     if score_gamma > 1.0:
@@ -325,6 +335,8 @@ def run(config: dict, args) -> dict:
         raise ValueError(f"loss.norm must be one of {LOSS_NORMS}; got {cfg['loss']['norm']!r}")
     if not cfg["score_gamma"] >= 1.0:
         raise ValueError(f"score_gamma must be ≥ 1 (1 = off; g: powers from 1/g to g); got {cfg['score_gamma']!r}")
+    if not 0.0 <= cfg["track_prob"] <= 1.0:
+        raise ValueError(f"track_prob must be a share between 0 and 1; got {cfg['track_prob']!r}")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=1))
@@ -365,7 +377,8 @@ def run(config: dict, args) -> dict:
         batch = ctx.shard(pool_batch(pool, size, ctx.rng) if pool is not None
                           else draw_batch(ds, probs, size, ctx.rng, step))
         if "s_dd" not in batch:
-            batch = augment(batch, ctx.rng, cfg["clean_fraction"], cfg["flip_prob"], cfg["score_gamma"])
+            batch = augment(batch, ctx.rng, cfg["clean_fraction"], cfg["flip_prob"], cfg["score_gamma"],
+                            cfg["track_prob"])
         batch = {k: v.to(ctx.device) for k, v in batch.items()}
         return losses(ctx.extra["model"], batch, (bank_2d.to(ctx.device), bank_3d.to(ctx.device)),
                       prior.to(ctx.device), cfg, n)

@@ -104,6 +104,14 @@ def zoom_detections(clip: dict, zoom: float) -> dict:
     return {**clip, "det_keypoints": zoomed.astype(clip["det_keypoints"].dtype)}
 
 
+def track_detections(clip: dict, share: float) -> dict:
+    """The clip with its detections as a camera panning after the athlete would see them: ``share`` of the
+    pelvis's travel across the image (from the clean 2D) taken out of every frame; 1 = the athlete stays put."""
+    pelvis = clip["keypoints_2d"][:, :1].astype(np.float64)
+    shift = share * (pelvis - pelvis.mean(0, keepdims=True))
+    return {**clip, "det_keypoints": (clip["det_keypoints"] - shift).astype(clip["det_keypoints"].dtype)}
+
+
 def clips_from_shards(path, max_clips: int | None = None) -> list[dict]:
     """Clips of a training/synth.py shard folder in the held-out format (2D corrupted with the fixed seed)."""
     from training.datasets import SynthSource
@@ -289,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zoom", type=float, default=1.0, metavar="Z",
                     help="zoom each clip's detections about the image centre from 1x (first frame) to Zx (last): "
                          "a zooming broadcast camera; 1 = the static cameras as stored")
+    ap.add_argument("--track", type=float, default=0.0, metavar="F",
+                    help="a camera panning after the athlete: take the share F (0-1) of the pelvis's travel across "
+                         "the image out of the detections; 0 = the static cameras as stored")
     ap.add_argument("--tune-one-euro", metavar="SHARDS",
                     help="grid-search the one-euro parameters on a synthetic shard folder (validation) and exit")
     args = ap.parse_args(argv)
@@ -296,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--score-power must be > 0; got {args.score_power}")
     if not args.zoom > 0:
         raise SystemExit(f"--zoom must be > 0; got {args.zoom}")
+    if not 0 <= args.track <= 1:
+        raise SystemExit(f"--track must be between 0 and 1; got {args.track}")
     if args.make_heldout:
         t0 = time.time()
         path = make_heldout(Path(args.data), args.motions)
@@ -323,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         clips = [c for c in keep if c is not None]
     for c in clips:
         c["det_scores"] = c["det_scores"] ** args.score_power
-    clips = [zoom_detections(c, args.zoom) for c in clips]
+    clips = [zoom_detections(track_detections(c, args.track), args.zoom) for c in clips]
     if args.error_spectrum:
         spectrum = error_spectrum(model, clips)
         print(format_spectrum(spectrum))
@@ -338,6 +351,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"{t['fused_over_best_filter']:.3f} (≤ 0.90), bone std {t['fused_bone_std_mm']:.1f} mm (≤ 10), "
                   f"MPJPE {t['fused_mpjpe_mm']:.1f} mm (≤ 60): {'PASS' if t['pass'] else 'FAIL'}")
     print(json.dumps({"weights": args.weights or "default", "score_power": args.score_power, "zoom": args.zoom,
-                      "results": result,
+                      "track": args.track, "results": result,
                       "targets": tg, "targets_fit2d": tg_fit, "seconds": round(time.time() - t0, 1)}))
     return 0
