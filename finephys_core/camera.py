@@ -56,13 +56,14 @@ class Perspective(NamedTuple):
 # weight on S_pp is better. Validation fused MPJPE (mm) at 0.5 / 0.6 / 0.7 / 0.8 / 0.9: v6 88.1 / 87.6 / 87.3 /
 # 87.3 / 87.4; v8 83.8 / 83.6 / 83.5 / 83.5 / 83.6; v9 81.6 / 81.3 / 81.2 / 81.1 / 81.2; v10 76.75 / 76.72 /
 # 76.77 / 76.86 at 0.5–0.8 (held-out best at 0.7); v11 76.33 / 76.33 / 76.39 / 76.50 at 0.5–0.8
-# (held-out best at 0.6 by 0.07 mm); v12 (shipped) 77.54 / 77.49 / 77.48 / 77.53 (held-out 84.45 / 84.44 /
-# 84.49 / 84.57): flat within 0.1 mm, so the default stays 0.7.
+# (held-out best at 0.6 by 0.07 mm); v12 77.54 / 77.49 / 77.48 / 77.53 (held-out 84.45 / 84.44 / 84.49 / 84.57);
+# v13 (shipped) 76.68 / 76.67 / 76.71 / 76.84 (held-out 80.18 / 80.17 / 80.25 / 80.41): flat within 0.1 mm, so
+# the default stays 0.7.
 DEFAULT_FUSE_WEIGHT = 0.7
 
 # Iterations of the test-time fit of Ŝ to the detected 2D (:func:`fit_to_keypoints`) where users run the
-# pipeline (nodes, CLI, demo); the library's own default is 0, the paper's fusion. v12, validation fused
-# MPJPE 77.5 → 73.1 mm, held-out 88.0 / 82.7 → 83.7 / 77.7 at 25 / 50 fps, for ~0.2–0.5 s per clip on a CPU.
+# pipeline (nodes, CLI, demo); the library's own default is 0, the paper's fusion. v13, validation fused
+# MPJPE 76.7 → 72.3 mm, held-out 80.1 / 80.3 → 76.7 / 75.2 at 25 / 50 fps, for ~0.2–0.5 s per clip on a CPU.
 DEFAULT_FIT_2D_ITERS = 150
 
 # Weight of the 2D fit's penalty on frame-to-frame changes of the log weak-perspective scale. Its own scale
