@@ -215,7 +215,8 @@ class _DualStreamBlock(nn.Module):
 class ICLLifter(nn.Module):
     """In-context lifter: (prompt 2D, prompt 3D, query 2D, query prior) → S_dd for the query.
 
-    Each frame token carries one joint's 2D input (3 values) and 3D input (3 values); joint, frame and
+    Each token carries the 2D input (3 values) and 3D input (3 values) of one joint ('joint' tokens) or of
+    all 17 ('frame' tokens, plus the frame's travel across the image with ``trajectory``); joint, frame and
     segment (prompt / query) embeddings are added. Sequence = [prompt frames ; query frames] (⌈T/k⌉ + T
     frames for ``prompt_stride`` k).
     Cost per window is fixed, so windowed lifting is linear in clip length.
