@@ -273,18 +273,16 @@ def fit_to_keypoints(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor, ite
 def _fit_camera_variables(X: Tensor, kp: Tensor, w: Tensor, weak: WeakPerspective, focal, center,
                           scale_smooth: float | None):
     """The camera :func:`fit_to_keypoints` moves with the pose: (camera(), pixels per metre at the root
-    (..., 1, 1) or (..., T, 1), the camera's penalty(), its tensors to optimise). Weak perspective: log-scales
+    (..., T, 1), the camera's penalty(), its tensors to optimise). Weak perspective: log-scales
     (one per frame, or one per clip when ``scale_smooth`` is None) and 2D translations; a pinhole of known
     ``focal``: 3D root translations."""
     if focal is None:
         trans = weak.translation.clone().requires_grad_()
-        if scale_smooth is None:
-            log_scale = weak.scale.log().requires_grad_()
-            return (lambda: WeakPerspective(log_scale.exp(), trans), lambda: log_scale.exp()[..., None, None],
-                    lambda: 0.0, [log_scale, trans])
-        log_scale = weak.frame_scale().log().clone().requires_grad_()                  # (..., T)
-        return (lambda: WeakPerspective(log_scale.exp(), trans), lambda: log_scale.exp()[..., None],
-                lambda: scale_smooth * (log_scale.diff(dim=-1) ** 2).sum(), [log_scale, trans])
+        per_frame = scale_smooth is not None
+        log_scale = (weak.frame_scale() if per_frame else weak.scale).log().clone().requires_grad_()
+        camera = lambda: WeakPerspective(log_scale.exp(), trans)  # noqa: E731
+        penalty = (lambda: scale_smooth * (log_scale.diff(dim=-1) ** 2).sum()) if per_frame else (lambda: 0.0)
+        return camera, lambda: camera().frame_scale()[..., None], penalty, [log_scale, trans]
     start = fit_perspective(X, kp, w, focal, center)
     trans = start.translation.requires_grad_()
     return (lambda: Perspective(start.focal, start.center, trans),
@@ -325,9 +323,9 @@ def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = DEFAULT
 
     ``weight``: of S_pp (:data:`DEFAULT_FUSE_WEIGHT`; the paper's mean is 0.5). ``bones``: 'constant'
     (default) gives Ŝ one length per bone for the clip (:func:`constant_bone_lengths`); 'free' is the
-    paper's plain weighted mean. ``fit_2d`` > 0: that many iterations of :func:`fit_to_keypoints` fit Ŝ
-    to ``detected`` through ``camera_model`` before the final camera fit (rigid with constant bones; 0, the
-    default: the paper's fusion), calling ``progress`` with 1 after each iteration.
+    paper's plain weighted mean. ``fit_2d`` > 0: that many iterations of :func:`fit_to_keypoints` fit Ŝ and
+    the camera together to ``detected`` (rigid with constant bones), calling ``progress`` with 1 after each
+    iteration; 0, the default, is the paper's fusion with the closed-form camera.
 
     Returns (Pose3D source 'fused' with its Camera, Pose2D of the reprojection in pixels, H36M layout,
     score 1 for every joint: the reprojection is defined everywhere, missing detections included).
