@@ -7,6 +7,9 @@ FINEPHYS_COMFY_PYTHON (a venv made by tests/setup_comfyui.sh), else this interpr
     bash tests/setup_comfyui.sh /path/to/ComfyUI /path/to/venv-comfy
     COMFYUI_DIR=/path/to/ComfyUI FINEPHYS_COMFY_PYTHON=/path/to/venv-comfy/bin/python \
         python -m pytest -q tests/test_comfyui.py
+
+With FINEPHYS_SD15_MODELS (a models/ folder holding the generation workflow's files, real ones or the random
+full-size ones ``python tests/random_sd15.py DIR`` writes) the shipped generation workflow runs too, small.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_onnx  # noqa: E402
@@ -33,6 +37,9 @@ PYTHON = os.environ.get("FINEPHYS_COMFY_PYTHON") or sys.executable
 CHROMIUM = os.environ.get("FINEPHYS_CHROMIUM")  # optional: also load every workflow in the real frontend
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 REFINE_WORKFLOW = ROOT / "workflows" / "finephys_pose_refine.json"
+GENERATE_WORKFLOW = ROOT / "workflows" / "finephys_generate.json"
+SD15_MODELS = os.environ.get("FINEPHYS_SD15_MODELS")
+GEN_SIZE, GEN_FRAMES = 64, 8
 VIDEO_FRAMES = 8
 PACK_DIR_NAME = "ComfyUI-FinePhys"
 
@@ -111,20 +118,43 @@ def prompts() -> dict:
         "4": {"class_type": "FinePhysSavePose",
               "inputs": {"filename_prefix": "finephys_test/never", "format": "npz", "pose3d": ["3", 0]}},
     }
-    return {"lift_chain": lift_chain, "detect": detect, "bad_input": bad_input,
+    runs = {"lift_chain": lift_chain, "detect": detect, "bad_input": bad_input,
             "workflow_refine": shipped_refine_prompt()}
+    if SD15_MODELS:
+        runs.update(workflow_generate=shipped_generate_prompt(5.0), generate_unguided=shipped_generate_prompt(0.0))
+    return runs
 
 
-def shipped_refine_prompt() -> dict:
-    """workflows/finephys_pose_refine.json as the browser would queue it, pointed at the test's video and at
-    the tiny 'lightweight' models (the shipped default mode needs the real 'balanced' files)."""
-    wf = json.loads(REFINE_WORKFLOW.read_text())
+def shipped_refine_prompt(wf: dict | None = None) -> dict:
+    """workflows/finephys_pose_refine.json (or ``wf``) as the browser would queue it, pointed at the test's video
+    and at the tiny 'lightweight' models (the shipped default mode needs the real 'balanced' files)."""
+    wf = wf or json.loads(REFINE_WORKFLOW.read_text())
     prompt = ui_to_api(wf, saved_value_names(wf))
     for entry in prompt.values():
         if entry["class_type"] == "LoadVideo":
             entry["inputs"]["file"] = "clip.mp4"
         if entry["class_type"] == "FinePhysDetectPose2D":
             entry["inputs"].update(mode="lightweight", device="cpu")
+    return prompt
+
+
+def shipped_generate_prompt(guidance_strength: float) -> dict:
+    """workflows/finephys_generate.json as queued from the browser, made small (64×64, 8 frames, 2 steps), with
+    the FinePhys LoRA and encoder chosen, and the sampler's latents saved to compare guidance strengths."""
+    wf = json.loads(GENERATE_WORKFLOW.read_text())
+    prompt = shipped_refine_prompt(wf)
+    for node_id, entry in prompt.items():
+        inputs = entry["inputs"]
+        if entry["class_type"] == "FinePhysSkeletonHeatmap":
+            inputs.update(width=GEN_SIZE, height=GEN_SIZE)
+        if entry["class_type"] == "FinePhysSampler":
+            inputs.update(steps=2, width=GEN_SIZE, height=GEN_SIZE, frames=GEN_FRAMES,
+                          guidance_strength=guidance_strength)
+            sampler_id = node_id
+        if entry["class_type"] == "FinePhysLoadPipeline":
+            inputs.update(lora="finephys_lora.safetensors", encoder="finephys_encoder.safetensors")
+    prompt["100"] = {"class_type": "SaveLatent",
+                     "inputs": {"samples": [sampler_id, 1], "filename_prefix": f"gen_test/g{guidance_strength:g}"}}
     return prompt
 
 
@@ -147,6 +177,11 @@ def prepare_base(base: Path) -> None:
     rtm = base / "models" / "finephys" / "rtmlib"
     tiny_onnx.make_yolox(rtm / LIGHT_DET)
     tiny_onnx.make_rtmpose(rtm / LIGHT_POSE, 2 * UV[:, 0], 2 * UV[:, 1], np.full(17, 0.9, np.float32))
+    if SD15_MODELS:
+        for folder in ("checkpoints", "animatediff_models", "finephys"):
+            (base / "models" / folder).mkdir(parents=True, exist_ok=True)
+            for f in (Path(SD15_MODELS) / folder).glob("*.*"):
+                (base / "models" / folder / f.name).symlink_to(f.resolve())
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +192,11 @@ def comfy(tmp_path_factory):
     result_path = base / "result.json"
     cmd = [PYTHON, str(ROOT / "tests" / "comfyui_harness.py"), "--comfyui", COMFYUI_DIR, "--base", str(base),
            "--prompts", str(base / "prompts.json"), "--result", str(result_path)]
+    if SD15_MODELS:  # full-size SD1.5 on a CPU: a few minutes per prompt
+        cmd += ["--prompt-timeout", "1200"]
     if CHROMIUM:
         cmd += ["--chromium", CHROMIUM, "--workflows", *map(str, WORKFLOWS)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600 if SD15_MODELS else 600)
     if not result_path.exists():
         pytest.fail(f"harness wrote no result (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     result = json.loads(result_path.read_text())
@@ -240,6 +277,27 @@ def test_shipped_refine_workflow_runs(comfy):
     assert pose2d.keypoints.shape == (VIDEO_FRAMES, 17, 2) and pose2d.image_size == (416, 416)
     assert pose3d.joints.shape == (VIDEO_FRAMES, 17, 3) and pose3d.source == "fused"
     assert abs(pose2d.fps - 25.0) < 1e-3  # the video's fps reached the detector through the linked widget
+
+
+@pytest.mark.skipif(not SD15_MODELS, reason="set FINEPHYS_SD15_MODELS to a models/ folder with SD1.5 files "
+                                             "(python tests/random_sd15.py DIR writes random full-size ones)")
+def test_shipped_generate_workflow_runs(comfy):
+    import cv2
+    guided, unguided = comfy["prompts"]["workflow_generate"], comfy["prompts"]["generate_unguided"]
+    assert guided["status"] == "success", guided
+    assert unguided["status"] == "success", unguided
+    out = comfy["base"] / "output"
+    video = cv2.VideoCapture(str(out / "finephys" / "video_00001_.mp4"))
+    frames = []
+    while (frame := video.read())[0]:
+        frames.append(frame[1])
+    assert len(frames) == GEN_FRAMES and frames[0].shape == (GEN_SIZE, GEN_SIZE, 3)
+    assert load_pose(out / "finephys" / "refined_00001_pose3d.npz").joints.shape == (VIDEO_FRAMES, 17, 3)
+    with_pose, without = (load_file(out / "gen_test" / f"g{g}_00001_.latent")["latent_tensor"] for g in (5, 0))
+    assert with_pose.shape == (GEN_FRAMES, 4, GEN_SIZE // 8, GEN_SIZE // 8) and with_pose.isfinite().all()
+    # the skeleton reached the UNet: only guidance_strength differs between the two prompts. Random full-size
+    # weights move the latents by ~2 % of their std at strength 5 (measured in-process as well), real ones more
+    assert (with_pose - without).abs().mean() > 0.005 * without.std()
 
 
 @pytest.mark.skipif(not CHROMIUM, reason="set FINEPHYS_CHROMIUM to a chromium binary to check the real frontend")
