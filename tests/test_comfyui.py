@@ -287,12 +287,16 @@ def test_shipped_generate_workflow_runs(comfy):
     assert guided["status"] == "success", guided
     assert unguided["status"] == "success", unguided
     out = comfy["base"] / "output"
-    video = cv2.VideoCapture(str(out / "finephys" / "video_00001_.mp4"))
+    outputs = {entry["class_type"]: guided["outputs"].get(node_id) for node_id, entry in
+               shipped_generate_prompt(5.0).items()}
+    (saved,) = outputs["SaveVideo"]["images"]
+    video = cv2.VideoCapture(str(out / saved["subfolder"] / saved["filename"]))
     frames = []
     while (frame := video.read())[0]:
         frames.append(frame[1])
     assert len(frames) == GEN_FRAMES and frames[0].shape == (GEN_SIZE, GEN_SIZE, 3)
-    assert load_pose(out / "finephys" / "refined_00001_pose3d.npz").joints.shape == (VIDEO_FRAMES, 17, 3)
+    pose3d = load_pose(outputs["FinePhysSavePose"]["text"][1])
+    assert pose3d.joints.shape == (VIDEO_FRAMES, 17, 3) and pose3d.source == "fused"
     with_pose, without = (load_file(out / "gen_test" / f"g{g}_00001_.latent")["latent_tensor"] for g in (5, 0))
     assert with_pose.shape == (GEN_FRAMES, 4, GEN_SIZE // 8, GEN_SIZE // 8) and with_pose.isfinite().all()
     # the skeleton reached the UNet: only guidance_strength differs between the two prompts. Random full-size
