@@ -7,6 +7,7 @@ the same arithmetic as diffusers' AnimateDiffPipeline, so without guidance both 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING, Callable
 
@@ -32,14 +33,21 @@ def _check_embedding(name: str, emb: torch.Tensor, dim: int) -> torch.Tensor:
     return emb
 
 
-def cfg_text_embeddings(positive: torch.Tensor, negative: torch.Tensor, dim: int = 768) -> torch.Tensor:
-    """(2, L, dim): [negative, positive], the shorter repeated up to the common length (as ComfyUI batches
-    conds). Repeating every token k times leaves cross-attention unchanged, unlike zero padding."""
-    positive = _check_embedding("positive", positive, dim)
-    negative = _check_embedding("negative", negative, dim)
-    length = math.lcm(positive.shape[1], negative.shape[1])
-    return torch.cat([negative.repeat(1, length // negative.shape[1], 1),
-                      positive.repeat(1, length // positive.shape[1], 1)])
+def _entries(embeddings, name: str = "text") -> list[torch.Tensor]:
+    entries = list(embeddings) if isinstance(embeddings, (list, tuple)) else [embeddings]
+    if not entries:
+        raise ValueError(f"{name} conditioning is empty")
+    return entries
+
+
+def cfg_text_embeddings(positive, negative, dim: int = 768) -> torch.Tensor:
+    """(n_neg + n_pos, L, dim): [negatives..., positives...], each (1, L_i, dim) or a list of them, repeated up
+    to the common length (as ComfyUI batches conds). Repeating every token k times leaves cross-attention
+    unchanged, unlike zero padding."""
+    texts = ([_check_embedding("negative", e, dim) for e in _entries(negative, "negative")]
+             + [_check_embedding("positive", e, dim) for e in _entries(positive, "positive")])
+    length = math.lcm(*(e.shape[1] for e in texts))
+    return torch.cat([e.repeat(1, length // e.shape[1], 1) for e in texts])
 
 
 def resample_heatmaps(heatmaps: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
@@ -84,22 +92,24 @@ def make_scheduler(config: dict):
 
 @torch.no_grad()
 def denoise(unet: torch.nn.Module, scheduler, latents: torch.Tensor, text: torch.Tensor, steps: int,
-            cfg: float, progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """DDIM loop with CFG. latents (1, 4, F, h, w); text (2, L, D) [negative, positive]."""
+            cfg: float, progress: Callable[[int], None] | None = None, negatives: int = 1) -> torch.Tensor:
+    """DDIM loop with CFG. latents (1, 4, F, h, w); text (n, L, D): ``negatives`` negative prompts, then the
+    positive ones. The predictions of each group are averaged (ComfyUI's ConditioningCombine)."""
     frames = latents.shape[2]
     use_cfg = cfg > 1.0
-    text = text if use_cfg else text[1:]
+    text = text if use_cfg else text[negatives:]
+    batch = text.shape[0]
     text = text.repeat_interleave(frames, dim=0)
     scheduler.set_timesteps(steps, device=latents.device)
     latents = latents * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
-        model_in = torch.cat([latents] * 2) if use_cfg else latents
-        model_in = scheduler.scale_model_input(model_in, t)
+        model_in = scheduler.scale_model_input(latents.repeat(batch, 1, 1, 1, 1), t)
         noise = unet(model_in, t, encoder_hidden_states=text).sample
+        cond = (noise[negatives:] if use_cfg else noise).mean(0, keepdim=True)
         if use_cfg:
-            uncond, cond = noise.chunk(2)
-            noise = uncond + cfg * (cond - uncond)
-        latents = scheduler.step(noise, t, latents).prev_sample
+            uncond = noise[:negatives].mean(0, keepdim=True)
+            cond = uncond + cfg * (cond - uncond)
+        latents = scheduler.step(cond, t, latents).prev_sample
         if progress is not None:
             progress(1)
     return latents
@@ -120,7 +130,8 @@ def sample_video(pipe: "FinePhysVideoPipeline", positive: torch.Tensor, negative
                  decode: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Generate one clip.
 
-    positive/negative: (1, L, 768) text embeddings; guidance: skeletal heatmaps (T, L, h, w) or None.
+    positive/negative: (1, L, 768) text embeddings, or lists of them whose noise predictions are averaged
+    (ComfyUI's ConditioningCombine); guidance: skeletal heatmaps (T, L, h, w) or None.
     Returns (frames (F, H, W, 3) float32 0..1 on the CPU or None when ``decode`` is False,
     latents (1, 4, F, H/8, W/8) scaled diffusers latents). ``progress(1)`` is called once per step and
     may raise to interrupt.
@@ -139,13 +150,11 @@ def sample_video(pipe: "FinePhysVideoPipeline", positive: torch.Tensor, negative
     latents = initial_noise(seed, shape, device, dtype)
     scheduler = make_scheduler(pipe.scheduler_config)
 
+    negatives = len(_entries(negative))
     features = _guidance_features(pipe, guidance, num_frames, height, width, guidance_strength,
-                                  batch=2 if cfg > 1.0 else 1)
-    if features is None:
-        latents = denoise(pipe.unet, scheduler, latents, text, steps, cfg, progress)
-    else:
-        with pose_injection(pipe.unet, features):
-            latents = denoise(pipe.unet, scheduler, latents, text, steps, cfg, progress)
+                                  batch=text.shape[0] if cfg > 1.0 else text.shape[0] - negatives)
+    with contextlib.nullcontext() if features is None else pose_injection(pipe.unet, features):
+        latents = denoise(pipe.unet, scheduler, latents, text, steps, cfg, progress, negatives)
     frames = decode_latents(pipe.vae, latents, decode_chunk) if decode else None
     return frames, latents
 

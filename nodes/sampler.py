@@ -27,16 +27,24 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else torch.float16
 
 
-def conditioning_tensor(conditioning, name: str) -> torch.Tensor:
-    """ComfyUI CONDITIONING ``[[tensor (1, L, 768), {...}], ...]`` → the first entry's tensor."""
+IGNORED_CONDITIONING_KEYS = ("area", "mask", "strength", "start_percent", "end_percent", "control", "gligen")
+
+
+def conditioning_tensors(conditioning, name: str) -> list[torch.Tensor]:
+    """ComfyUI CONDITIONING ``[[tensor (1, L, 768), {...}], ...]`` → its tensors, whose noise predictions the
+    sampler averages as ComfyUI does for ConditioningCombine. Areas, masks, strengths, timestep ranges and
+    ControlNets in the dicts are not supported: a warning names them."""
     if isinstance(conditioning, torch.Tensor):
-        return conditioning
-    if not conditioning or not isinstance(conditioning[0][0], torch.Tensor):
+        return [conditioning]
+    if not conditioning or not all(isinstance(c, (list, tuple)) and c and isinstance(c[0], torch.Tensor)
+                                   for c in conditioning):
         raise ValueError(f"{name} is not a CONDITIONING value (expected [[tensor, dict], ...])")
-    if len(conditioning) > 1:
-        log.warning("FinePhys Sampler uses only the first of %d %s conditionings (no area/combine support)",
-                    len(conditioning), name)
-    return conditioning[0][0]
+    ignored = sorted({k for c in conditioning if len(c) > 1 and isinstance(c[1], dict)
+                      for k in c[1] if k in IGNORED_CONDITIONING_KEYS})
+    if ignored:
+        log.warning("FinePhys Sampler ignores %s in the %s conditioning (only plain text and "
+                    "ConditioningCombine are supported)", ", ".join(ignored), name)
+    return [c[0] for c in conditioning]
 
 
 class FinePhysLoadPipeline:
@@ -102,7 +110,8 @@ class FinePhysSampler:
         return {
             "required": {
                 "pipeline": ("FINEPHYS_PIPELINE", {"tooltip": "From FinePhys Load Pipeline."}),
-                "positive": ("CONDITIONING", {"tooltip": "SD1.5 CLIPTextEncode of the prompt."}),
+                "positive": ("CONDITIONING", {"tooltip": "SD1.5 CLIPTextEncode of the prompt (several, e.g. "
+                                                         "from ConditioningCombine: their predictions are averaged)."}),
                 "negative": ("CONDITIONING", {"tooltip": "SD1.5 CLIPTextEncode of the negative prompt."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                                  "tooltip": "Noise seed (noise is drawn on the CPU: same video on any device)."}),
@@ -129,7 +138,7 @@ class FinePhysSampler:
         progress = Progress(steps, desc="FinePhys sampling")
         try:
             images, latents = sampler.sample_video(
-                pipeline, conditioning_tensor(positive, "positive"), conditioning_tensor(negative, "negative"),
+                pipeline, conditioning_tensors(positive, "positive"), conditioning_tensors(negative, "negative"),
                 guidance, num_frames=frames, height=height, width=width, steps=steps, cfg=cfg, seed=seed,
                 guidance_strength=guidance_strength, progress=progress)
         finally:

@@ -121,7 +121,8 @@ def prompts() -> dict:
     runs = {"lift_chain": lift_chain, "detect": detect, "bad_input": bad_input,
             "workflow_refine": shipped_refine_prompt()}
     if SD15_MODELS:
-        runs.update(workflow_generate=shipped_generate_prompt(5.0), generate_unguided=shipped_generate_prompt(0.0))
+        runs.update(workflow_generate=shipped_generate_prompt(5.0), generate_unguided=shipped_generate_prompt(0.0),
+                    generate_combined=shipped_generate_prompt(5.0, combine=True))
     return runs
 
 
@@ -138,9 +139,10 @@ def shipped_refine_prompt(wf: dict | None = None) -> dict:
     return prompt
 
 
-def shipped_generate_prompt(guidance_strength: float) -> dict:
+def shipped_generate_prompt(guidance_strength: float, combine: bool = False) -> dict:
     """workflows/finephys_generate.json as queued from the browser, made small (64×64, 8 frames, 2 steps), with
-    the FinePhys LoRA and encoder chosen, and the sampler's latents saved to compare guidance strengths."""
+    the FinePhys LoRA and encoder chosen, and the sampler's latents saved to compare guidance strengths.
+    ``combine``: the positive prompt goes through ConditioningCombine with the negative one."""
     wf = json.loads(GENERATE_WORKFLOW.read_text())
     prompt = shipped_refine_prompt(wf)
     for node_id, entry in prompt.items():
@@ -153,8 +155,15 @@ def shipped_generate_prompt(guidance_strength: float) -> dict:
             sampler_id = node_id
         if entry["class_type"] == "FinePhysLoadPipeline":
             inputs.update(lora="finephys_lora.safetensors", encoder="finephys_encoder.safetensors")
+    name = f"g{guidance_strength:g}" + ("_combined" if combine else "")
     prompt["100"] = {"class_type": "SaveLatent",
-                     "inputs": {"samples": [sampler_id, 1], "filename_prefix": f"gen_test/g{guidance_strength:g}"}}
+                     "inputs": {"samples": [sampler_id, 1], "filename_prefix": f"gen_test/{name}"}}
+    if combine:
+        sampler_inputs = prompt[sampler_id]["inputs"]
+        prompt["101"] = {"class_type": "ConditioningCombine",
+                         "inputs": {"conditioning_1": sampler_inputs["positive"],
+                                    "conditioning_2": sampler_inputs["negative"]}}
+        sampler_inputs["positive"] = ["101", 0]
     return prompt
 
 
@@ -302,6 +311,10 @@ def test_shipped_generate_workflow_runs(comfy):
     # the skeleton reached the UNet: only guidance_strength differs between the two prompts. Random full-size
     # weights move the latents by ~2 % of their std at strength 5 (measured in-process as well), real ones more
     assert (with_pose - without).abs().mean() > 0.005 * without.std()
+    # ConditioningCombine reaches the sampler as two entries, whose predictions are averaged
+    assert comfy["prompts"]["generate_combined"]["status"] == "success", comfy["prompts"]["generate_combined"]
+    combined = load_file(out / "gen_test" / "g5_combined_00001_.latent")["latent_tensor"]
+    assert combined.isfinite().all() and (combined - with_pose).abs().mean() > 0.005 * with_pose.std()
 
 
 @pytest.mark.skipif(not CHROMIUM, reason="set FINEPHYS_CHROMIUM to a chromium binary to check the real frontend")

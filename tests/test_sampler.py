@@ -150,6 +150,24 @@ def test_text_embeddings_are_repeated_to_a_common_length():
         sampler.cfg_text_embeddings(torch.randn(1, 77, 1024), neg)
 
 
+def test_combined_prompts_average_their_noise_predictions(pipe, text, guidance):
+    """ComfyUI's ConditioningCombine: one DDIM step is affine in the noise prediction, so combining two
+    positives (and two negatives) gives the mean of the four single-prompt latents' pairings."""
+    other_pos, other_neg = torch.randn(1, 77, 768), torch.randn(1, 154, 768)
+
+    def one_step(pos, neg):
+        return generate(pipe, (pos, neg), guidance, steps=1, decode=False)[1]
+
+    combined = one_step([text[0], other_pos], [text[1], other_neg])
+    singles = [one_step(p, n) for p in (text[0], other_pos) for n in (text[1], other_neg)]
+    assert torch.allclose(combined, torch.stack(singles).mean(0), atol=1e-5)
+    assert not torch.allclose(combined, singles[0], atol=1e-3)
+    twice = generate(pipe, ([text[0], text[0]], text[1]), steps=2, decode=False)[1]
+    assert torch.allclose(twice, generate(pipe, text, steps=2, decode=False)[1], atol=1e-5)
+    with pytest.raises(ValueError, match="positive conditioning is empty"):
+        generate(pipe, ([], text[1]))
+
+
 def test_heatmaps_are_resampled_to_frames_and_size():
     maps = torch.rand(3, 16, 32, 48)
     out = sampler.resample_heatmaps(maps, 5, 64, 96)
@@ -211,6 +229,20 @@ def test_sampler_node_outputs_image_and_latent(node_module, pipe, text, guidance
     assert torch.allclose(latent["samples"] * 0.18215, unguided[1][0].permute(1, 0, 2, 3), atol=1e-6)
     guided, _ = node.sample(pipe, positive, negative, 3, STEPS, 7.5, SIZE, SIZE, FRAMES, 1.0, guidance=guidance)
     assert not torch.equal(guided, images)
+
+
+def test_sampler_node_reads_every_conditioning_entry(node_module, caplog):
+    a, b = torch.randn(1, 77, 768), torch.randn(1, 77, 768)
+    combined = [[a, {"pooled_output": torch.zeros(1, 768)}], [b, {"pooled_output": torch.zeros(1, 768)}]]
+    with caplog.at_level("WARNING"):
+        tensors = node_module.conditioning_tensors(combined, "positive")
+    assert len(tensors) == 2 and tensors[0] is a and tensors[1] is b and not caplog.records
+    with caplog.at_level("WARNING"):
+        node_module.conditioning_tensors([[a, {"area": (8, 8, 0, 0), "strength": 0.5}]], "positive")
+    assert "area, strength" in caplog.text
+    for bad in ([], [["text", {}]], "a prompt"):
+        with pytest.raises(ValueError, match="not a CONDITIONING"):
+            node_module.conditioning_tensors(bad, "negative")
 
 
 def test_load_pipeline_node_lists_and_loads_model_files(node_module, pipe, tmp_path, monkeypatch):
