@@ -150,7 +150,7 @@ def sample_video(pipe: "FinePhysVideoPipeline", positive: torch.Tensor, negative
     latents = initial_noise(seed, shape, device, dtype)
     scheduler = make_scheduler(pipe.scheduler_config)
 
-    negatives = len(_entries(negative))
+    negatives = len(_entries(negative, "negative"))
     features = _guidance_features(pipe, guidance, num_frames, height, width, guidance_strength,
                                   batch=text.shape[0] if cfg > 1.0 else text.shape[0] - negatives)
     with contextlib.nullcontext() if features is None else pose_injection(pipe.unet, features):
