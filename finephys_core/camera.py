@@ -206,6 +206,14 @@ def fit_perspective(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor, foca
     return Perspective(f, c, trans)
 
 
+def follow_athlete(points: Tensor, pelvis: Tensor, share) -> Tensor:
+    """Image points (..., T, J, 2) as a camera panning after the athlete sees them: ``share`` (a number or
+    (...,) per clip; 1 = the athlete stays put) of the pelvis's travel (..., T, 1, 2) from its mean over the
+    clip is taken out of every frame. The panning camera of training's augmentation and ``bench --track``."""
+    share = torch.as_tensor(share, dtype=points.dtype)
+    return points - share[..., None, None, None] * (pelvis - pelvis.mean(-3, keepdim=True))
+
+
 def project(joints3d: Tensor, camera: WeakPerspective | Perspective, min_depth: float = 1e-3) -> Tensor:
     """P: (..., T, J, 3) metres → (..., T, J, 2) through a fitted camera. Differentiable."""
     if isinstance(camera, WeakPerspective):

@@ -106,23 +106,18 @@ def lifter_inputs(pose2d_normalized, centre: str = "pelvis") -> Tensor:
       4. the score channel is kept unchanged.
     Idempotent: applying it to its own output returns the same values.
     """
-    rel, score, _, scale = _centred(pose2d_normalized, centre)
-    return torch.cat([rel / scale, score], -1)
+    return _lifter_and_travel(pose2d_normalized, centre)[0]
 
 
 def trajectory_inputs(pose2d_normalized, centre: str = "pelvis") -> Tensor:
     """(…, T, 17, 3) normalised 2D → (…, T, 2): each frame's centre (as :func:`lifter_inputs` subtracts it)
     relative to the mean centre of the frames where someone is visible, in the clip's scale units
     (:func:`lifter_inputs` step 3); 0 for frames where nobody is visible. The travel across the image."""
-    _, score, root, scale = _centred(pose2d_normalized, centre)
-    seen = (score > 0).any(-2).to(root.dtype)                                        # (…, T, 1)
-    mean = (root[..., 0, :] * seen).sum(-2, keepdim=True) / seen.sum(-2, keepdim=True).clamp_min(1)
-    return (root[..., 0, :] - mean) * seen / scale[..., 0, :]
+    return _lifter_and_travel(pose2d_normalized, centre)[1]
 
 
-def _centred(pose2d_normalized, centre: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Steps 1–2 of :func:`lifter_inputs`: (centred xy (…, T, 17, 2) with missing joints at 0, score (…, T, 17, 1),
-    the per-frame centre (…, T, 1, 2), the clip's scale (…, 1, 1, 1))."""
+def _lifter_and_travel(pose2d_normalized, centre: str) -> tuple[Tensor, Tensor]:
+    """(:func:`lifter_inputs`, :func:`trajectory_inputs`) from one centring of the clip."""
     x = torch.as_tensor(np.asarray(pose2d_normalized) if not isinstance(pose2d_normalized, Tensor)
                         else pose2d_normalized, dtype=torch.float32)
     if x.ndim < 3 or x.shape[-2:] != (NUM_JOINTS, 3):
@@ -142,7 +137,9 @@ def _centred(pose2d_normalized, centre: str) -> tuple[Tensor, Tensor, Tensor, Te
     ms = (score * rel.pow(2).sum(-1, keepdim=True)).sum((-3, -2, -1), keepdim=True)
     wsum = score.sum((-3, -2, -1), keepdim=True)
     scale = torch.where(wsum > 0, (ms / wsum.clamp_min(1e-8)).sqrt(), torch.ones_like(ms)).clamp_min(1e-3)
-    return rel, score, root, scale
+    seen = (score > 0).any(-2).to(root.dtype)                                        # (…, T, 1)
+    mean = (root[..., 0, :] * seen).sum(-2, keepdim=True) / seen.sum(-2, keepdim=True).clamp_min(1)
+    return torch.cat([rel / scale, score], -1), (root[..., 0, :] - mean) * seen / scale[..., 0, :]
 
 
 # ----------------------------------------------------------------------------- model
@@ -264,7 +261,9 @@ class ICLLifter(nn.Module):
         t, stride, centre = shape[1], self.config.prompt_stride, self.config.centre
         prompt_2d, prompt_3d = prompt_2d[:, ::stride], prompt_3d[:, ::stride]
         tp = prompt_2d.shape[1]                                                # ⌈T / stride⌉ prompt frames
-        inputs = torch.cat([torch.cat([lifter_inputs(prompt_2d, centre), lifter_inputs(query_2d, centre)], 1),
+        (prompt_in, prompt_travel), (query_in, query_travel) = (_lifter_and_travel(x, centre)
+                                                                for x in (prompt_2d, query_2d))
+        inputs = torch.cat([torch.cat([prompt_in, query_in], 1),
                             torch.cat([prompt_3d, query_prior], 1)], -1)           # (B, tp+T, 17, 6)
         frames = torch.cat([self.frame_embed[:t:stride], self.frame_embed[:t]])  # (tp+T, 1, dim)
         segments = torch.cat([self.segment_embed[:1].expand(tp, -1), self.segment_embed[1:].expand(t, -1)])[:, None]
@@ -273,8 +272,7 @@ class ICLLifter(nn.Module):
         else:
             x = self.embed(rearrange(inputs, "b t j c -> b t (j c)")) + (frames + segments)[:, 0]
             if self.config.trajectory:
-                x = x + self.trajectory_embed(torch.cat([trajectory_inputs(prompt_2d, centre),
-                                                         trajectory_inputs(query_2d, centre)], 1))
+                x = x + self.trajectory_embed(torch.cat([prompt_travel, query_travel], 1))
         for block in self.blocks:
             x = block(x)
         offset = self.head(self.norm(x[:, tp:]))

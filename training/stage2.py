@@ -32,7 +32,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from finephys_core.camera import bone_vectors, fuse
+from finephys_core.camera import bone_vectors, follow_athlete, fuse
 from finephys_core.lifting import ICLLifter, LifterConfig, mirror_averaged
 from finephys_core.physics import PhysNet, PhysNetConfig
 from finephys_core.pose_model import (PoseModel, build_prompt_bank, load_pose_model, mean_prior_from_clips,
@@ -189,10 +189,9 @@ def augment(batch: dict, rng: np.random.Generator, clean_fraction: float, flip_p
     B = batch["pose2d"].shape[0]
     if track_prob > 0.0:
         follow = torch.from_numpy(rng.uniform(0.0, 1.0, B) * (rng.random(B) < track_prob))
-        travel = batch["pose2d_clean"][..., :1, :2] - batch["pose2d_clean"][..., :1, :2].mean(-3, keepdim=True)
-        shift = follow.to(travel.dtype)[:, None, None, None] * travel                  # (B, T, 1, 2)
+        pelvis = batch["pose2d_clean"][..., :1, :2]                                     # (B, T, 1, 2)
         for k in ("pose2d", "pose2d_clean"):
-            batch[k] = torch.cat([batch[k][..., :2] - shift, batch[k][..., 2:]], -1)
+            batch[k] = torch.cat([follow_athlete(batch[k][..., :2], pelvis, follow), batch[k][..., 2:]], -1)
     clean = torch.from_numpy(rng.random(B) < clean_fraction)
     batch["pose2d"] = torch.where(clean[:, None, None, None], batch["pose2d_clean"], batch["pose2d"])
     if score_gamma > 1.0:

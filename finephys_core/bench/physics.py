@@ -107,9 +107,13 @@ def zoom_detections(clip: dict, zoom: float) -> dict:
 def track_detections(clip: dict, share: float) -> dict:
     """The clip with its detections as a camera panning after the athlete would see them: ``share`` of the
     pelvis's travel across the image (from the clean 2D) taken out of every frame; 1 = the athlete stays put."""
-    pelvis = clip["keypoints_2d"][:, :1].astype(np.float64)
-    shift = share * (pelvis - pelvis.mean(0, keepdims=True))
-    return {**clip, "det_keypoints": (clip["det_keypoints"] - shift).astype(clip["det_keypoints"].dtype)}
+    import torch
+
+    from ..camera import follow_athlete
+
+    pelvis = torch.from_numpy(clip["keypoints_2d"][:, :1].astype(np.float64))
+    moved = follow_athlete(torch.from_numpy(clip["det_keypoints"].astype(np.float64)), pelvis, share)
+    return {**clip, "det_keypoints": moved.numpy().astype(clip["det_keypoints"].dtype)}
 
 
 def clips_from_shards(path, max_clips: int | None = None) -> list[dict]:
