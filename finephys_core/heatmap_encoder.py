@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -20,12 +20,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .config import DictConfig
+
 KIND = "finephys_skeleton_encoder"
 SD15_CHANNELS = (320, 640, 1280, 1280)
 
 
 @dataclass
-class SkeletonEncoderConfig:
+class SkeletonEncoderConfig(DictConfig):
     """in_channels: heatmap channels (16 H36M-17 limbs); channels: output channels per UNet down block
     (SD1.5's block_out_channels); hidden_channels: the encoder's own widths per scale (None = ``channels``);
     downscale: image → latent factor (the VAE's 8); num_res_blocks per scale."""
@@ -54,17 +56,6 @@ class SkeletonEncoderConfig:
     def for_unet(cls, block_out_channels, **kwargs) -> "SkeletonEncoderConfig":
         """A config whose outputs match a UNet's ``config.block_out_channels``."""
         return cls(channels=tuple(block_out_channels), **kwargs)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SkeletonEncoderConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown SkeletonEncoderConfig fields {sorted(unknown)}")
-        return cls(**d)
 
 
 class _ResBlock(nn.Module):

@@ -24,7 +24,7 @@ Conventions (the training code builds its inputs the same way, through :func:`li
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from .config import DictConfig
 from .skeleton import H36M17
 
 NUM_JOINTS = 17
@@ -42,7 +43,7 @@ CENTRES = ("pelvis", "median")
 
 
 @dataclass
-class LifterConfig:
+class LifterConfig(DictConfig):
     """Size of the lifter. ``window`` is the trained clip length (longer clips are windowed).
 
     ``tokens``: 'joint' (one token per joint and frame, attention alternating over joints and frames in two
@@ -80,16 +81,6 @@ class LifterConfig:
         if self.trajectory and self.tokens != "frame":
             raise ValueError("LifterConfig trajectory needs tokens='frame'")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LifterConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown LifterConfig fields {sorted(unknown)}")
-        return cls(**d)
-
 
 # ----------------------------------------------------------------------------- input convention
 
@@ -106,18 +97,20 @@ def lifter_inputs(pose2d_normalized, centre: str = "pelvis") -> Tensor:
       4. the score channel is kept unchanged.
     Idempotent: applying it to its own output returns the same values.
     """
-    return _lifter_and_travel(pose2d_normalized, centre)[0]
+    return normalise_2d(pose2d_normalized, centre)[0]
 
 
 def trajectory_inputs(pose2d_normalized, centre: str = "pelvis") -> Tensor:
     """(…, T, 17, 3) normalised 2D → (…, T, 2): each frame's centre (as :func:`lifter_inputs` subtracts it)
     relative to the mean centre of the frames where someone is visible, in the clip's scale units
     (:func:`lifter_inputs` step 3); 0 for frames where nobody is visible. The travel across the image."""
-    return _lifter_and_travel(pose2d_normalized, centre)[1]
+    return normalise_2d(pose2d_normalized, centre)[1]
 
 
-def _lifter_and_travel(pose2d_normalized, centre: str) -> tuple[Tensor, Tensor]:
-    """(:func:`lifter_inputs`, :func:`trajectory_inputs`) from one centring of the clip."""
+def normalise_2d(pose2d_normalized, centre: str = "pelvis") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One centring of a clip, (…, T, 17, 3) normalised 2D → (:func:`lifter_inputs`, :func:`trajectory_inputs`,
+    the per-frame centre (…, T, 1, 2), the per-clip scale (…, 1, 1, 1)); (xy − centre) / scale are the
+    lifter's input joints, so centre + scale · joints maps them back to the screen."""
     x = torch.as_tensor(np.asarray(pose2d_normalized) if not isinstance(pose2d_normalized, Tensor)
                         else pose2d_normalized, dtype=torch.float32)
     if x.ndim < 3 or x.shape[-2:] != (NUM_JOINTS, 3):
@@ -139,7 +132,7 @@ def _lifter_and_travel(pose2d_normalized, centre: str) -> tuple[Tensor, Tensor]:
     scale = torch.where(wsum > 0, (ms / wsum.clamp_min(1e-8)).sqrt(), torch.ones_like(ms)).clamp_min(1e-3)
     seen = (score > 0).any(-2).to(root.dtype)                                        # (…, T, 1)
     mean = (root[..., 0, :] * seen).sum(-2, keepdim=True) / seen.sum(-2, keepdim=True).clamp_min(1)
-    return torch.cat([rel / scale, score], -1), (root[..., 0, :] - mean) * seen / scale[..., 0, :]
+    return torch.cat([rel / scale, score], -1), (root[..., 0, :] - mean) * seen / scale[..., 0, :], root, scale
 
 
 # ----------------------------------------------------------------------------- model
@@ -261,8 +254,8 @@ class ICLLifter(nn.Module):
         t, stride, centre = shape[1], self.config.prompt_stride, self.config.centre
         prompt_2d, prompt_3d = prompt_2d[:, ::stride], prompt_3d[:, ::stride]
         tp = prompt_2d.shape[1]                                                # ⌈T / stride⌉ prompt frames
-        (prompt_in, prompt_travel), (query_in, query_travel) = (_lifter_and_travel(x, centre)
-                                                                for x in (prompt_2d, query_2d))
+        (prompt_in, prompt_travel, *_), (query_in, query_travel, *_) = (normalise_2d(x, centre)
+                                                                          for x in (prompt_2d, query_2d))
         inputs = torch.cat([torch.cat([prompt_in, query_in], 1),
                             torch.cat([prompt_3d, query_prior], 1)], -1)           # (B, tp+T, 17, 6)
         frames = torch.cat([self.frame_embed[:t:stride], self.frame_embed[:t]])  # (tp+T, 1, dim)
@@ -340,40 +333,54 @@ def lift_windows(model: Callable[..., Tensor], query_2d, prompt, prior, window: 
 
     prompt: a pair (P2D, P3D), each (W, 17, 3) or (K, W, 17, 3), used for every window; or a function
     windows (n, W, 17, 3) → pair each (n, K, W, 17, 3) choosing per window. K prompts: outputs averaged.
-    prior: (W, 17, 3). T < W: edge-replicated to W, then cropped. T > W: windows every W - overlap frames
-    (the last aligned to the clip end; ``overlap`` None: :func:`default_overlap`), up to ``batch_size`` per
-    clip in one lifter call, cross-faded with :func:`blend_weights`.
+    prior: (W, 17, 3). Windows as :func:`windowed` makes them.
     ``model`` is an :class:`ICLLifter` (or any callable with its forward signature).
     """
     window = window or model.config.window
+    prior = torch.as_tensor(prior, dtype=torch.float32)
+    if prior.shape != (window, NUM_JOINTS, 3):
+        raise ValueError(f"prior must be ({window}, {NUM_JOINTS}, 3); got {tuple(prior.shape)}")
+
+    def lift(wins: Tensor) -> Tensor:                                              # (n, W, 17, 3)
+        p2d, p3d = _window_prompts(prompt, wins)                                   # (n, K, W, 17, 3)
+        K = p2d.shape[1]
+        pred = model(p2d.flatten(0, 1), p3d.flatten(0, 1), wins.repeat_interleave(K, 0),
+                     prior.to(wins.device).expand(len(wins) * K, -1, -1, -1))
+        return rearrange(pred, "(n k) w j c -> n k w j c", k=K).mean(1)
+
+    return windowed(lift, query_2d, window, overlap, batch_size, progress)
+
+
+def windowed(fn: Callable[[Tensor], Tensor], clips, window: int, overlap: int | None = None,
+             batch_size: int = 64, progress: Callable[[int], None] | None = None) -> Tensor:
+    """Apply a model of ``window`` frames to clips of any length: (T, 17, 3) or (B, T, 17, 3)
+    normalize_screen 2D → (T, 17, C) or (B, T, 17, C). ``fn`` maps windows (n, W, 17, 3) → (n, W, 17, C).
+
+    T < W: edge-replicated to W, then cropped. T > W: windows every W - overlap frames (the last aligned to
+    the clip end; ``overlap`` None: :func:`default_overlap`), up to ``batch_size`` per clip in one call,
+    cross-faded with :func:`blend_weights`; ``progress`` gets the number of windows after each call.
+    """
     overlap = default_overlap(window) if overlap is None else overlap
     if not 0 <= overlap < window:
         raise ValueError(f"overlap must be in [0, {window}); got {overlap}")
-    q = torch.as_tensor(np.asarray(query_2d) if not isinstance(query_2d, Tensor) else query_2d,
-                        dtype=torch.float32)
+    q = torch.as_tensor(np.asarray(clips) if not isinstance(clips, Tensor) else clips, dtype=torch.float32)
     if q.ndim not in (3, 4) or q.shape[-2:] != (NUM_JOINTS, 3) or q.shape[-3] == 0:
         raise ValueError(f"query_2d must be (T, {NUM_JOINTS}, 3) or (B, T, {NUM_JOINTS}, 3) with T ≥ 1; "
                          f"got {tuple(q.shape)}")
     single = q.ndim == 3
     if single:
         q = q[None]
-    prior = torch.as_tensor(prior, dtype=torch.float32, device=q.device)
-    if prior.shape != (window, NUM_JOINTS, 3):
-        raise ValueError(f"prior must be ({window}, {NUM_JOINTS}, 3); got {tuple(prior.shape)}")
     B, T = q.shape[:2]
     if T < window:
         q = torch.cat([q, q[:, -1:].expand(-1, window - T, -1, -1)], 1)
     starts = window_starts(T, window, overlap)
-    out = q.new_zeros(B, max(T, window), NUM_JOINTS, 3)
-    weight = q.new_zeros(max(T, window), 1, 1)
+    out, weight = None, q.new_zeros(max(T, window), 1, 1)
     for c in range(0, len(starts), batch_size):
         chunk = starts[c:c + batch_size]
         wins = torch.stack([q[:, s:s + window] for s in chunk], 1).flatten(0, 1)   # (B·n, W, 17, 3)
-        p2d, p3d = _window_prompts(prompt, wins)                                   # (B·n, K, W, 17, 3)
-        K = p2d.shape[1]
-        pred = model(p2d.flatten(0, 1), p3d.flatten(0, 1), wins.repeat_interleave(K, 0),
-                     prior.expand(len(wins) * K, -1, -1, -1))
-        pred = rearrange(pred, "(b n k) w j c -> b n k w j c", b=B, k=K).mean(2)
+        pred = rearrange(fn(wins), "(b n) w j c -> b n w j c", b=B)
+        if out is None:
+            out = q.new_zeros(B, max(T, window), NUM_JOINTS, pred.shape[-1])
         for i, s in enumerate(chunk):
             w = blend_weights(window, overlap, first=s == 0, last=s + window >= T).to(q)[:, None, None]
             out[:, s:s + window] += pred[:, i] * w

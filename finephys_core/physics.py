@@ -74,7 +74,7 @@ than S_dd (27–37 mm above) although the fused mean is good; train with a loss 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Callable
 
@@ -84,6 +84,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from .config import DictConfig
 from .sequence import PoseError, Pose3D, root_relative
 
 MASS_MATRIX_KINDS = ("symmetric", "psd")
@@ -94,7 +95,7 @@ HeadsOverride = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
 @dataclass
-class PhysNetConfig:
+class PhysNetConfig(DictConfig):
     """Sizes and options of :class:`PhysNet` (defaults: ~0.5 M parameters, a few ms per 16-frame clip on CPU)."""
 
     num_joints: int = 17
@@ -135,17 +136,6 @@ class PhysNetConfig:
     @property
     def dim(self) -> int:
         return 3 * self.num_joints
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PhysNetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown PhysNetConfig fields {unknown}")
-        return cls(**d)
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """The pose model bundle shared by the nodes, the CLI and training: lifter + PhysNet + prompt bank + mean prior.
 
 One ``.safetensors`` file holds everything: tensors ``lifter.*``, ``physnet.*``, ``prompt_2d`` (N, W, 17, 3),
-``prompt_3d`` (N, W, 17, 3) and ``mean_prior`` (W, 17, 3); the string metadata holds ``format``
-(= :data:`FORMAT`), ``format_version``, ``lifter_config`` and ``physnet_config`` (JSON) and ``meta`` (JSON:
-training info). Prompt 2D is ``normalize_screen`` output (x, y, score); prompt 3D and the prior are metres,
+``prompt_3d`` (N, W, 17, 3) and ``mean_prior`` (W, 17, 3), and for a model with the learned 2D front end
+(:mod:`finephys_core.denoise2d`) ``denoiser.*``; the string metadata holds ``format`` (= :data:`FORMAT`),
+``format_version`` (2 with a front end, else 1, so older packs refuse a file they would half-use),
+``lifter_config``, ``physnet_config`` and ``denoiser_config`` (JSON) and ``meta`` (JSON: training info). Prompt 2D is ``normalize_screen`` output (x, y, score); prompt 3D and the prior are metres,
 root-relative, camera frame.
 """
 from __future__ import annotations
@@ -20,12 +21,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from .denoise2d import Denoiser2D, Denoiser2DConfig, denoise_2d
 from .lifting import NUM_JOINTS, ICLLifter, LifterConfig, lifter_inputs
 from .physics import PhysNet, PhysNetConfig
 from .sequence import root_relative
 
 FORMAT = "finephys_pose_model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "data" / "finephys_pose_default.safetensors"
 
 
@@ -37,7 +39,8 @@ class WeightsError(ValueError):
 class PoseModel:
     """Everything LiftICL3D → PhysNetRefine needs.
 
-    prompt_2d, prompt_3d: (N, W, 17, 3) prompt bank; mean_prior: (W, 17, 3) eq. 4; meta: JSON-able info.
+    prompt_2d, prompt_3d: (N, W, 17, 3) prompt bank; mean_prior: (W, 17, 3) eq. 4; meta: JSON-able info;
+    denoiser: the learned 2D front end the lifter was trained behind, or None.
     """
 
     lifter: ICLLifter
@@ -46,6 +49,7 @@ class PoseModel:
     prompt_3d: Tensor
     mean_prior: Tensor
     meta: dict = field(default_factory=dict)
+    denoiser: Denoiser2D | None = None
 
     def __post_init__(self):
         W = self.lifter.config.window
@@ -65,21 +69,32 @@ class PoseModel:
     def trained(self) -> bool:
         return bool(self.meta.get("trained", False))
 
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"lifter": self.lifter, "physnet": self.physnet} | ({} if self.denoiser is None
+                                                                   else {"denoiser": self.denoiser})
+
     def eval(self) -> "PoseModel":
-        self.lifter.eval()
-        self.physnet.eval()
+        for m in self.modules.values():
+            m.eval()
         return self
 
     def to(self, device) -> "PoseModel":
-        self.lifter.to(device)
-        self.physnet.to(device)
+        for m in self.modules.values():
+            m.to(device)
         for name in ("prompt_2d", "prompt_3d", "mean_prior"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
     def num_parameters(self) -> dict:
-        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-        return {"lifter": count(self.lifter), "physnet": count(self.physnet)}
+        return {k: sum(p.numel() for p in m.parameters()) for k, m in self.modules.items()}
+
+    def clean_2d(self, pose2d_normalized: Tensor) -> Tensor:
+        """The lifter's input: (…, T, 17, 3) normalised 2D through the 2D front end when the model has one
+        (:func:`denoise2d.denoise_2d`), else unchanged."""
+        if self.denoiser is None:
+            return pose2d_normalized
+        return denoise_2d(self.denoiser, pose2d_normalized)
 
 
 # ----------------------------------------------------------------------------- pure data functions
@@ -201,14 +216,12 @@ def default_pose_model(device="cpu") -> PoseModel:
 def save_pose_model(model: PoseModel, path: str | Path) -> Path:
     """Write the bundle to one safetensors file, atomically (temporary file + os.replace)."""
     path = Path(path)
-    tensors = {f"lifter.{k}": v for k, v in model.lifter.state_dict().items()}
-    tensors.update({f"physnet.{k}": v for k, v in model.physnet.state_dict().items()})
+    tensors = {f"{name}.{k}": v for name, m in model.modules.items() for k, v in m.state_dict().items()}
     tensors.update(prompt_2d=model.prompt_2d, prompt_3d=model.prompt_3d, mean_prior=model.mean_prior)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
-                "lifter_config": json.dumps(model.lifter.config.to_dict()),
-                "physnet_config": json.dumps(model.physnet.config.to_dict()),
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION if model.denoiser is not None else 1),
                 "meta": json.dumps(model.meta)}
+    metadata.update({f"{name}_config": json.dumps(m.config.to_dict()) for name, m in model.modules.items()})
     tmp = path.with_name(path.name + ".tmp")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -280,6 +293,10 @@ def load_pose_model(path: str | Path, device="cpu", physnet_config: PhysNetConfi
         _load_state(physnet, "physnet", tensors, path)
     else:
         physnet = PhysNet(physnet_config)
+    denoiser = None
+    if "denoiser_config" in metadata:
+        denoiser = Denoiser2D(_config(metadata, "denoiser_config", Denoiser2DConfig, path))
+        _load_state(denoiser, "denoiser", tensors, path)
     missing = [k for k in ("prompt_2d", "prompt_3d", "mean_prior") if k not in tensors]
     if missing:
         raise WeightsError(f"{path.name} lacks the tensors {missing}")
@@ -289,7 +306,7 @@ def load_pose_model(path: str | Path, device="cpu", physnet_config: PhysNetConfi
         raise WeightsError(f"{path.name}: meta is not JSON: {e}") from e
     try:
         model = PoseModel(lifter, physnet, tensors["prompt_2d"], tensors["prompt_3d"], tensors["mean_prior"],
-                          meta)
+                          meta, denoiser)
     except WeightsError as e:
         raise WeightsError(f"{path.name}: {e}") from None
     return model.to(device).eval()

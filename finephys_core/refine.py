@@ -48,7 +48,8 @@ def _checked_2d(pose2d: Pose2D) -> Pose2D:
 
 def lift_pose(pose2d: Pose2D, model: PoseModel, overlap: int | None = None, num_prompts: int = 1,
               prompt_per_window: bool = True, num_threads: int | None = 1, mirror_average: bool = True) -> Pose3D:
-    """LiftICL3D: any-length 2D clip (any supported layout) → Pose3D S_dd (source 'dd'), metres.
+    """LiftICL3D: any-length 2D clip (any supported layout) → Pose3D S_dd (source 'dd'), metres; through the
+    model's learned 2D front end first when it has one (:meth:`PoseModel.clean_2d`).
 
     Raises PoseError for a non-Pose2D or when no joint has a score above 0 ("no person detected").
     One frame is fine. ``num_prompts`` > 1 averages the lifts with the k nearest prompt pairs, chosen for
@@ -74,6 +75,7 @@ def lift_pose(pose2d: Pose2D, model: PoseModel, overlap: int | None = None, num_
         return torch.stack([lift_one(q, choose_prompt(model, q, k=num_prompts)) for q in clips])
 
     with torch.inference_mode(), torch_threads(num_threads):
+        query = model.clean_2d(query.to(device))
         s_dd = (mirror_averaged(lift, query[None]) if mirror_average else lift(query[None]))[0]
     joints = s_dd.cpu().numpy().astype(np.float32)
     return Pose3D(joints, fps=pose2d.fps, source="dd", image_size=pose2d.image_size,

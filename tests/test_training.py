@@ -220,10 +220,40 @@ def test_stage2_and_stage3_smoke(tmp_path, shard_dir):
     assert tuned.meta["stage"] == 3
 
 
+TINY_DENOISER = {"dim": 8, "depth": 1, "heads": 2, "window": 8}
+
+
+def test_stage2_front_end_phase_then_a_lifter_trained_behind_it(tmp_path, shard_dir):
+    """train='denoiser' trains the 2D front end alone; a later phase keeps it frozen and lifts its output."""
+    import dataclasses
+
+    from finephys_core.pose_model import load_pose_model, save_pose_model
+    data = {"synth": {"path": str(shard_dir), "weight": 1.0}}
+    front = run_stage_main(["--stage", "2", "--config", str(_cfg(tmp_path, "d.json", data=data, max_steps=3,
+                            pool_size=6, train="denoiser", denoiser=TINY_DENOISER, eval={"data": None})),
+                            "--out", str(tmp_path / "d")])["weights"]
+    log = common.read_log(tmp_path / "d")
+    assert [r["step"] for r in log] == [1, 2, 3] and {"distance", "distance_raw", "score_bce"} <= set(log[0])
+    with_front = load_pose_model(front)
+    assert with_front.denoiser.config.dim == 8
+    without = save_pose_model(dataclasses.replace(with_front, denoiser=None), tmp_path / "plain.safetensors")
+    lifted = {}
+    for name, init in (("behind", front), ("plain", str(without))):
+        cfg = _cfg(tmp_path, f"{name}.json", data=data, max_steps=2, pool_size=6, init=init, train="lifter",
+                   eval={"data": None})
+        lifted[name] = load_pose_model(run_stage_main(["--stage", "2", "--config", str(cfg), "--out",
+                                                       str(tmp_path / name)])["weights"])
+    behind = lifted["behind"]
+    assert all(torch.equal(a, b) for a, b in zip(with_front.denoiser.parameters(), behind.denoiser.parameters()))
+    assert lifted["plain"].denoiser is None
+    assert any(not torch.equal(a, b) for a, b in zip(behind.lifter.parameters(), lifted["plain"].lifter.parameters()))
+
+
 @pytest.mark.parametrize("extra", [{"pool_size": 0},
                                    {"pool_size": 6, "train": "lifter", "score_gamma": 2.0, "track_prob": 0.5,
-                                    "lifter": {**TINY["lifter"], "tokens": "frame", "trajectory": True}}],
-                         ids=["fresh-batches", "lifter-from-pool"])
+                                    "lifter": {**TINY["lifter"], "tokens": "frame", "trajectory": True}},
+                                   {"pool_size": 6, "train": "denoiser", "denoiser": TINY_DENOISER}],
+                         ids=["fresh-batches", "lifter-from-pool", "front-end"])
 def test_stage2_resume_matches_straight_run(tmp_path, shard_dir, extra):
     """Killed and resumed = never killed, for fresh batches and for the shipped lifter recipe (a cached pool)."""
     data = {"synth": {"path": str(shard_dir), "weight": 1.0}}
@@ -334,6 +364,8 @@ def test_shipped_stage2_config_builds_its_models():
     from training import stage2
 
     cfg = common.merge_config(stage2.DEFAULTS, json.loads((ROOT / "training/configs/stage2.json").read_text()))
-    lifter, physnet, init = stage2.build_models(cfg)
-    assert init is None and lifter.config == stage2.LifterConfig.from_dict(cfg["lifter"])
+    lifter, physnet, denoiser, init = stage2.build_models(cfg)
+    assert init is None and denoiser is None and lifter.config == stage2.LifterConfig.from_dict(cfg["lifter"])
+    front = stage2.build_models(cfg | {"train": "denoiser"})[2]
+    assert front.config == stage2.Denoiser2DConfig.from_dict(cfg["denoiser"])
     assert physnet.config == stage2.PhysNetConfig.from_dict(cfg["physnet"])

@@ -18,6 +18,12 @@ The lifter lifts each lifter-window of the item, PhysNet sees the concatenation 
 inference, so it trains on more than one lifter window). Prompts: the nearest pair of the prompt bank, as at
 inference; the bank and the mean prior (eq. 4) are computed from the training data before step 0.
 
+``train='denoiser'`` trains only the learned 2D front end (:mod:`finephys_core.denoise2d`) on the same
+items, supervised by their clean 2D: the mean per-joint distance in the lifter's units (the window's
+scale) plus ``loss.denoiser_score`` × the binary cross-entropy of its score against
+exp(−(distance / ``accurate_within``)²). A model with a front end (from ``init``) feeds every later phase
+through it, frozen: the lifter trains on what it will see at inference.
+
 The result is a pose model file (``pose_model.save_pose_model``) in the run folder; evaluation on a
 held-out set (``eval.data``) at the end, written to ``eval.json``.
 """
@@ -33,7 +39,8 @@ from einops import rearrange
 from torch import nn
 
 from finephys_core.camera import bone_vectors, follow_athlete, fuse
-from finephys_core.lifting import ICLLifter, LifterConfig, mirror_averaged
+from finephys_core.denoise2d import Denoiser2D, Denoiser2DConfig, denoise_2d
+from finephys_core.lifting import ICLLifter, LifterConfig, mirror_averaged, normalise_2d
 from finephys_core.physics import PhysNet, PhysNetConfig
 from finephys_core.pose_model import (PoseModel, build_prompt_bank, load_pose_model, mean_prior_from_clips,
                                       prompt_features, save_pose_model)
@@ -46,18 +53,20 @@ DEFAULTS = {
     "grad_clip": 1.0, "ckpt_every": 200, "log_every": 20,
     "windows": 2,                     # lifter windows per training item (PhysNet sees windows × W frames)
     "pool_size": 0,                   # > 0: draw that many items once and reuse them (see build_pool)
-    "lifter": {}, "physnet": {},
+    "lifter": {}, "physnet": {}, "denoiser": {},
     "data": {"synth": {"path": "training/data/synth_train", "weight": 1.0}},
     "camera": {},                     # ranges of the random re-view cameras (training.synth_camera.CameraConfig)
     "corruption": {}, "severity": 1.0, "clean_fraction": 0.1, "flip_prob": 0.5,
     "score_gamma": 1.0,               # > 1: each item's 2D scores to a random power in [1/g, g] (see augment)
     "track_prob": 0.0,                # share of items seen by a camera that pans after the athlete (see augment)
     "fuse_weight": 0.5,
-    "loss": {"fused": 1.0, "noise": 1.0, "dd": 0.0, "pp": 0.0, "velocity": 0.0, "bone": 0.0, "norm": "squared"},
+    "loss": {"fused": 1.0, "noise": 1.0, "dd": 0.0, "pp": 0.0, "velocity": 0.0, "bone": 0.0, "norm": "squared",
+             "denoiser_score": 0.1},
     "prompt_bank": 64, "prior_windows": 4000,
     "init": None,                     # a pose model file to start from
     "train": "all",                   # "all": lifter + PhysNet; "physnet": lifter frozen (needs init);
-                                      # "lifter": PhysNet neither run nor trained, loss on S_dd only
+                                      # "lifter": PhysNet neither run nor trained, loss on S_dd only;
+                                      # "denoiser": the 2D front end alone (init's, or new from "denoiser")
     "fresh_physnet": False,           # with init: a new PhysNet built from the "physnet" config
     "eval": {"data": None, "max_clips": 24},
     "output": "pose_model.safetensors",
@@ -65,16 +74,16 @@ DEFAULTS = {
 }
 
 
-TRAIN_MODES = ("all", "lifter", "physnet")
+TRAIN_MODES = ("all", "lifter", "physnet", "denoiser")
 LOSS_NORMS = ("squared", "l2")
 
 
 class PoseStack(nn.Module):
-    """Lifter + PhysNet as one module (one state dict for the checkpoints)."""
+    """Lifter + PhysNet (+ the 2D front end) as one module (one state dict for the checkpoints)."""
 
-    def __init__(self, lifter: ICLLifter, physnet: PhysNet):
+    def __init__(self, lifter: ICLLifter, physnet: PhysNet, denoiser: Denoiser2D | None = None):
         super().__init__()
-        self.lifter, self.physnet = lifter, physnet
+        self.lifter, self.physnet, self.denoiser = lifter, physnet, denoiser
 
     def lift(self, prompt_2d, prompt_3d, query_2d, prior, windows: int):
         """query_2d (B, n·W, 17, 3); prompts (B·n, W, 17, 3), one per lifter window; prior (W, 17, 3)
@@ -84,10 +93,14 @@ class PoseStack(nn.Module):
         s_dd = self.lifter(prompt_2d, prompt_3d, q, prior.expand(B * windows, -1, -1, -1))
         return rearrange(s_dd, "(b n) w j c -> b (n w) j c", b=B)
 
-    def forward(self, prompt_2d, prompt_3d, query_2d, prior, dt, windows: int, s_dd=None):
+    def forward(self, prompt_2d, prompt_3d, query_2d, prior, dt, windows: int, s_dd=None, denoise=False):
         """:meth:`lift` then PhysNet on S_dd with steps dt (B,) → (S_dd, PhysNetOutput). A given ``s_dd``
         skips the lifter (frozen-lifter training); dt None skips PhysNet (lifter-only training: (S_dd, None)).
+        ``denoise``: only the 2D front end on query_2d, per lifter window → (B, n·W, 17, 3).
         Training calls go through forward, not :meth:`lift`, so a DDP wrapper sees them."""
+        if denoise:
+            q = rearrange(query_2d, "b (n w) j c -> (b n) w j c", n=windows)
+            return rearrange(self.denoiser(q), "(b n) w j c -> b (n w) j c", n=windows)
         if s_dd is None:
             s_dd = self.lift(prompt_2d, prompt_3d, query_2d, prior, windows)
         return s_dd, None if dt is None else self.physnet(s_dd, dt)
@@ -257,6 +270,9 @@ def losses(stack: PoseStack, batch: dict, bank, prior, cfg: dict, windows: int) 
         with torch.no_grad():
             return 1000 * ((x - gt).norm(dim=-1).mean(-1) * mask).sum() / frames
 
+    if cfg["train"] == "denoiser":
+        return denoiser_losses(stack(None, None, batch["pose2d"], None, None, windows, denoise=True),
+                               batch, mask, cfg)
     if "s_dd" in batch:
         s_dd, out = stack(None, None, None, None, batch["dt"], windows, s_dd=batch["s_dd"])
     else:
@@ -288,31 +304,57 @@ def losses(stack: PoseStack, batch: dict, bank, prior, cfg: dict, windows: int) 
     return {"loss": loss, **parts}
 
 
+def denoiser_losses(out: torch.Tensor, batch: dict, mask: torch.Tensor, cfg: dict) -> dict[str, torch.Tensor]:
+    """The front end's loss (module docstring) for its output ``out`` (B, T, 17, 3) on ``batch``'s 2D;
+    also the same distance for the detections as given (missing joints at the frame centre), for the log."""
+    config = Denoiser2DConfig.from_dict(cfg["denoiser"])
+    _, _, centre, scale = normalise_2d(batch["pose2d"], config.centre)
+    clean = batch["pose2d_clean"][..., :2]
+    dist = ((out[..., :2] - clean) / scale).norm(dim=-1)                               # (B, T, 17)
+    seen = batch["pose2d"][..., 2:] > 0
+    raw = ((torch.where(seen, batch["pose2d"][..., :2], centre) - clean) / scale).norm(dim=-1)
+    target = torch.exp(-(dist.detach() / config.accurate_within) ** 2)
+    bce = nn.functional.binary_cross_entropy(out[..., 2].clamp(1e-4, 1 - 1e-4), target, reduction="none")
+    frames = mask.sum().clamp_min(1.0)
+    per_frame = lambda x: (x.mean(-1) * mask).sum() / frames  # noqa: E731
+    parts = {"distance": per_frame(dist), "score_bce": per_frame(bce)}
+    with torch.no_grad():
+        parts["distance_raw"] = per_frame(raw)
+    return {"loss": parts["distance"] + cfg["loss"]["denoiser_score"] * parts["score_bce"], **parts}
+
+
 def lift_pool(model: PoseModel, pool: dict, windows: int, batch: int = 64) -> torch.Tensor:
-    """S_dd (N, n·W, 17, 3) of every pool item with a frozen lifter, lifted as inference lifts (nearest
-    prompts, mirror-averaged: ``refine.lift_pose``'s default)."""
+    """S_dd (N, n·W, 17, 3) of every pool item with a frozen lifter, lifted as inference lifts (through the
+    model's 2D front end, nearest prompts, mirror-averaged: ``refine.lift_pose``'s default)."""
     stack = PoseStack(model.lifter, model.physnet).eval()
 
     def lift(q):
         p2d, p3d = nearest_prompts(model.prompt_2d, model.prompt_3d, q, windows)
         return stack.lift(p2d, p3d, q, model.mean_prior, windows)
     with torch.no_grad():
-        return torch.cat([mirror_averaged(lift, pool["pose2d"][c:c + batch])
+        return torch.cat([mirror_averaged(lift, model.clean_2d(pool["pose2d"][c:c + batch]))
                           for c in range(0, len(pool["dt"]), batch)])
 
 
 # ------------------------------------------------------------------------------------------------- stage
 
-def build_models(cfg: dict) -> tuple[ICLLifter, PhysNet, PoseModel | None]:
+def build_models(cfg: dict) -> tuple[ICLLifter, PhysNet, Denoiser2D | None, PoseModel | None]:
     """From ``init`` (a pose model; ``fresh_physnet`` replaces its PhysNet by a new one of config
-    ``physnet``) or new from the ``lifter`` and ``physnet`` configs."""
+    ``physnet``) or new from the ``lifter`` and ``physnet`` configs; the 2D front end is init's, or with
+    train='denoiser' and none in init a new one of config ``denoiser``."""
+    init = None
     if cfg.get("init"):
         fresh = PhysNetConfig.from_dict(cfg["physnet"]) if cfg.get("fresh_physnet") else None
-        m = load_pose_model(cfg["init"], physnet_config=fresh)
-        return m.lifter, m.physnet, m
-    if cfg["train"] == "physnet":
+        init = load_pose_model(cfg["init"], physnet_config=fresh)
+        lifter, physnet, denoiser = init.lifter, init.physnet, init.denoiser
+    elif cfg["train"] == "physnet":
         raise ValueError("train='physnet' needs init=<a trained pose model> for its lifter")
-    return ICLLifter(LifterConfig.from_dict(cfg["lifter"])), PhysNet(PhysNetConfig.from_dict(cfg["physnet"])), None
+    else:
+        lifter = ICLLifter(LifterConfig.from_dict(cfg["lifter"]))
+        physnet, denoiser = PhysNet(PhysNetConfig.from_dict(cfg["physnet"])), None
+    if cfg["train"] == "denoiser" and denoiser is None:
+        denoiser = Denoiser2D(Denoiser2DConfig.from_dict(cfg["denoiser"]))
+    return lifter, physnet, denoiser, init
 
 
 def evaluate_model(model: PoseModel, data_path, max_clips: int | None) -> dict:
@@ -341,7 +383,9 @@ def run(config: dict, args) -> dict:
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=1))
     t0 = time.time()
     common.seed_everything(cfg["seed"])          # model initialisation
-    lifter, physnet, init = build_models(cfg)
+    lifter, physnet, denoiser, init = build_models(cfg)
+    if denoiser is not None:  # init's front end may differ from the config's
+        cfg["denoiser"] = denoiser.config.to_dict()
     W, n = lifter.config.window, int(cfg["windows"])
     corruption = CorruptionConfig(**cfg["corruption"]) if cfg["corruption"] is not None else None
     ds, probs = build_dataset(cfg["data"], W * n, corruption, cfg["severity"], cfg["seed"], cfg["camera"])
@@ -354,20 +398,18 @@ def run(config: dict, args) -> dict:
     if cfg["pool_size"]:
         cache = out_dir / f"pool-{cfg['pool_size']}-{cfg['seed']}.pt"
         pool = build_pool(ds, probs, int(cfg["pool_size"]), cfg["seed"], cache)
-    stack = PoseStack(lifter, physnet)
-    params = stack.parameters()
-    if cfg["train"] == "lifter":
-        for p in physnet.parameters():
-            p.requires_grad_(False)
-        params = lifter.parameters()
+    stack = PoseStack(lifter, physnet, denoiser)
+    trained = {"all": (lifter, physnet), "lifter": (lifter,), "physnet": (physnet,), "denoiser": (denoiser,)}
+    for p in stack.parameters():
+        p.requires_grad_(False)
+    params = [p for m in trained[cfg["train"]] for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
     if cfg["train"] == "physnet":  # frozen lifter: S_dd computed once per pool item
         if pool is None:
             raise ValueError("train='physnet' needs pool_size > 0 (S_dd is cached per pool item)")
-        for p in lifter.parameters():
-            p.requires_grad_(False)
-        params = physnet.parameters()
         if "s_dd" not in pool:
-            pool["s_dd"] = lift_pool(PoseModel(lifter, physnet, bank_2d, bank_3d, prior), pool, n)
+            pool["s_dd"] = lift_pool(PoseModel(lifter, physnet, bank_2d, bank_3d, prior, denoiser=denoiser), pool, n)
             common.atomic_torch_save(cache, pool)
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
 
@@ -379,6 +421,9 @@ def run(config: dict, args) -> dict:
             batch = augment(batch, ctx.rng, cfg["clean_fraction"], cfg["flip_prob"], cfg["score_gamma"],
                             cfg["track_prob"])
         batch = {k: v.to(ctx.device) for k, v in batch.items()}
+        if denoiser is not None and cfg["train"] != "denoiser" and "s_dd" not in batch:  # the frozen front end
+            with torch.no_grad():
+                batch["pose2d"] = denoise_2d(denoiser.eval(), batch["pose2d"])
         return losses(ctx.extra["model"], batch, (bank_2d.to(ctx.device), bank_3d.to(ctx.device)),
                       prior.to(ctx.device), cfg, n)
 
@@ -388,7 +433,7 @@ def run(config: dict, args) -> dict:
     train_s = time.time() - t0
     model = PoseModel(lifter, physnet, bank_2d, bank_3d, prior,
                       {"trained": True, "stage": 2, "steps": int(cfg["max_steps"]), "config": cfg,
-                       "train_seconds": round(train_s, 1)}).eval()
+                       "train_seconds": round(train_s, 1)}, denoiser).eval()
     for p in stack.parameters():
         p.requires_grad_(True)
     path = save_pose_model(model, out_dir / cfg["output"])
