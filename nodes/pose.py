@@ -29,6 +29,8 @@ class FinePhysLiftICL3D:
     OUTPUT_TOOLTIPS = ("S_dd: 3D joints (T, 17, 3) in metres, root-relative, camera frame.",)
     DESCRIPTION = ("FinePhys's data-driven 3D lifting (paper §3.3): a two-stream spatial/temporal transformer run "
                    "in context with a prompt pair from the model's prompt bank and the mean 3D pose prior. "
+                   "Models with a learned 2D front end (the shipped default) first correct the detections with it "
+                   "(misplaced, swapped and missing joints, failed frames). "
                    "Clips of any length are processed in overlapping windows; the clip and its mirror image are "
                    "lifted and averaged (left-right test-time augmentation).")
 

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
               "ms_per_clip_torch_threads": {}, "fit2d_ms": {}}
     nt = args.refine_threads or None
     run = lambda clip, n=nt: refine_pose2d(clip, model, num_threads=n)  # noqa: E731
-    print(f"threads {torch.get_num_threads()}, lifter {params['lifter']:,} params, "
+    front = f"2D front end {params['denoiser']:,}, " if "denoiser" in params else "no 2D front end, "
+    print(f"threads {torch.get_num_threads()}, {front}lifter {params['lifter']:,} params, "
           f"PhysNet {params['physnet']:,} params, trained weights: {model.trained}")
     print(f"{'frames':>6} {'median ms':>10} {'min ms':>8} {'cpu ms':>8} {'lift':>7} {'physnet':>8} {'fuse':>7} "
           f"{'ms, ' + str(torch.get_num_threads()) + ' thr':>10} {'fuse+fit2d':>10}")
