@@ -57,8 +57,8 @@ class Perspective(NamedTuple):
 # 87.3 / 87.4; v8 83.8 / 83.6 / 83.5 / 83.5 / 83.6; v9 81.6 / 81.3 / 81.2 / 81.1 / 81.2; v10 76.75 / 76.72 /
 # 76.77 / 76.86 at 0.5–0.8 (held-out best at 0.7); v11 76.33 / 76.33 / 76.39 / 76.50 at 0.5–0.8
 # (held-out best at 0.6 by 0.07 mm); v12 77.54 / 77.49 / 77.48 / 77.53 (held-out 84.45 / 84.44 / 84.49 / 84.57);
-# v13 (shipped) 76.68 / 76.67 / 76.71 / 76.84 (held-out 80.18 / 80.17 / 80.25 / 80.41): flat within 0.1 mm, so
-# the default stays 0.7.
+# v13 76.68 / 76.67 / 76.71 / 76.84 (held-out 80.18 / 80.17 / 80.25 / 80.41); v15 (shipped) 58.32 / 58.13 /
+# 58.02 / 57.99, with the 2D fit 57.60 / 57.41 / 57.26 / 57.17: flat within 0.1 mm, so the default stays 0.7.
 DEFAULT_FUSE_WEIGHT = 0.7
 
 # Iterations of the test-time fit of Ŝ to the detected 2D (:func:`fit_to_keypoints`) where users run the

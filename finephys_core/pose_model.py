@@ -4,8 +4,9 @@ One ``.safetensors`` file holds everything: tensors ``lifter.*``, ``physnet.*``,
 ``prompt_3d`` (N, W, 17, 3) and ``mean_prior`` (W, 17, 3), and for a model with the learned 2D front end
 (:mod:`finephys_core.denoise2d`) ``denoiser.*``; the string metadata holds ``format`` (= :data:`FORMAT`),
 ``format_version`` (2 with a front end, else 1, so older packs refuse a file they would half-use),
-``lifter_config``, ``physnet_config`` and ``denoiser_config`` (JSON) and ``meta`` (JSON: training info). Prompt 2D is ``normalize_screen`` output (x, y, score); prompt 3D and the prior are metres,
-root-relative, camera frame.
+``lifter_config``, ``physnet_config`` and ``denoiser_config`` (JSON) and ``meta`` (JSON: training info).
+Prompt 2D is ``normalize_screen`` output (x, y, score); prompt 3D and the prior are metres, root-relative,
+camera frame.
 """
 from __future__ import annotations
 

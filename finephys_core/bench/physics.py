@@ -6,7 +6,8 @@ by the detector-noise model (training/corruption.py, fixed seed). The set, clean
 is shipped as ``finephys_core/data/physics_heldout.npz`` (made by ``--make-heldout``, which needs the
 training extras: mujoco + dm_control), so the benchmark itself needs only the pack.
 
-Per frame rate and method — S_dd (lifted raw detections), S_pp (PhysNet), fused (the library's default:
+Per frame rate and method — S_dd (raw detections through LiftICL3D: the model's 2D front end, if any, and
+the lifter), S_pp (PhysNet), fused (the library's default:
 constant bone lengths), fused+fit2d (that fitted to the 2D, the nodes' and CLI's default), fused_free (the
 paper's plain mean), S_dd + Savitzky–Golay (7, 2), S_dd + one-euro —
 MPJPE, N-MPJPE, PA-MPJPE, MPJVE, acceleration error, bone-length std and jitter (mm; derivatives per
