@@ -65,6 +65,10 @@ DEFAULT_FUSE_WEIGHT = 0.7
 # pipeline (nodes, CLI, demo); the library's own default is 0, the paper's fusion. v13, validation fused
 # MPJPE 76.7 → 72.3 mm, held-out 80.1 / 80.3 → 76.7 / 75.2 at 25 / 50 fps, for ~0.2–0.5 s per clip on a CPU.
 DEFAULT_FIT_2D_ITERS = 150
+# Weight of the fit's pull towards the fused pose (metres², per joint and frame). Chosen on validation:
+# v11–v13 were best at 0.5 (between 0.3 and 1); v15, whose lift is far better, at 1.0 (fused + fit 57.26 mm at
+# 0.5, 56.85 at 1.0, 57.06 at 2.0; held-out 58.30 / 56.86 → 57.57 / 56.66 at 25 / 50 fps).
+DEFAULT_FIT_PRIOR = 1.0
 
 # Weight of the 2D fit's penalty on frame-to-frame changes of the log weak-perspective scale. Its own scale
 # per frame lets the fit follow a zooming camera. v12, held-out fused + fit MPJPE (mm, frame-weighted over
@@ -226,7 +230,7 @@ def project(joints3d: Tensor, camera: WeakPerspective | Perspective, min_depth: 
 
 
 def fit_to_keypoints(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor, iters: int = 150,
-                     rigid: bool = True, prior: float = 0.5, smooth: float = 0.3, robust_m: float = 0.1,
+                     rigid: bool = True, prior: float = DEFAULT_FIT_PRIOR, smooth: float = 0.3, robust_m: float = 0.1,
                      lr: float = 0.01, progress: Callable[[int], None] | None = None,
                      focal: float | None = None, center=None,
                      scale_smooth: float | None = DEFAULT_SCALE_SMOOTH) -> tuple[Tensor, WeakPerspective | Perspective]:
