@@ -24,7 +24,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .config import DictConfig
-from .lifting import CENTRES, NUM_JOINTS, normalise_2d, mirror_averaged, windowed
+from .lifting import CENTRES, NUM_JOINTS, mirror_averaged, normalise_2d, windowed
 
 
 @dataclass
