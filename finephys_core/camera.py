@@ -65,6 +65,7 @@ DEFAULT_FUSE_WEIGHT = 0.7
 # pipeline (nodes, CLI, demo); the library's own default is 0, the paper's fusion. v13, validation fused
 # MPJPE 76.7 → 72.3 mm, held-out 80.1 / 80.3 → 76.7 / 75.2 at 25 / 50 fps, for ~0.2–0.5 s per clip on a CPU.
 DEFAULT_FIT_2D_ITERS = 150
+
 # Weight of the fit's pull towards the fused pose (metres², per joint and frame). Chosen on validation:
 # v11–v13 were best at 0.5 (between 0.3 and 1); v15, whose lift is far better, at 1.0 (fused + fit 57.26 mm at
 # 0.5, 56.85 at 1.0, 57.06 at 2.0; held-out 58.30 / 56.86 → 57.57 / 56.66 at 25 / 50 fps).

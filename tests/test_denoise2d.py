@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from finephys_core.denoise2d import Denoiser2D, Denoiser2DConfig, denoise_2d
@@ -94,7 +95,6 @@ def test_pose_model_file_keeps_the_front_end_and_older_readers_refuse_it(tmp_pat
     assert all(torch.equal(a, b) for a, b in zip(with_front.denoiser.state_dict().values(),
                                                  back.denoiser.state_dict().values()))
     assert back.num_parameters()["denoiser"] == sum(p.numel() for p in with_front.denoiser.parameters())
-    from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
         assert f.metadata()["format_version"] == "2"         # a version-1 reader refuses it
     with safe_open(str(save_pose_model(plain, tmp_path / "p.safetensors")), "pt") as f:
