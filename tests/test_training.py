@@ -358,6 +358,38 @@ def test_physics_bench_last_line_is_json(tmp_path, capsys):
         assert r["best_low_pass_mpjpe"] == min(r[f"low_pass_mpjpe_{c:g}hz"] for c in bench.SPECTRUM_CUTOFFS)
         assert r["slow_error_mpjpe_0.5hz"] < r["dd_mpjpe"]      # most of the error energy removed leaves less
 
+    assert bench.main(["--weights", str(weights), "--max-clips", "1", "--error-budget"]) == 0
+    budget = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error_budget"]
+    assert set(budget) == {"25", "50"}
+    for r in budget.values():
+        assert r["clips"] == 1
+        for m in bench.BUDGET_METHODS:
+            assert set(r[m]) == {"mpjpe", "pa_mpjpe", *(f"{o}_mpjpe" for o in bench.ORACLES)}
+            assert all(np.isfinite(v) and v > 0 for v in r[m].values())
+    for fps in ("25", "50"):                                     # the same clips and methods as the table's
+        for m in bench.BUDGET_METHODS:
+            assert budget[fps][m]["mpjpe"] == pytest.approx(last["results"][fps][m]["mpjpe"], rel=1e-6)
+
+
+def test_oracle_corrections_remove_exactly_their_error():
+    from finephys_core.bench import physics as bench
+    from finephys_core.camera import _BONES_ABOVE, bone_vectors, constant_bone_lengths
+
+    clip = bench.load_heldout()[0]["joints_cam"][:20].astype(np.float64)
+    truth = constant_bone_lengths(torch.from_numpy(clip - clip[:, :1])).numpy()   # rigid, root-relative
+    angle = 0.4
+    turn = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
+    exact = lambda pred, name: np.abs(bench.oracle_corrections(pred, truth)[name] - truth).max()  # noqa: E731
+    assert exact(1.1 * truth, "clip_scale") < 1e-9 and exact(1.1 * truth, "true_bone_lengths") < 1e-9
+    assert exact(1.1 * truth, "true_proportions") > 1e-3                 # proportions were right; size stays wrong
+    assert exact(0.9 * truth @ turn.T, "clip_similarity") < 1e-9
+    assert exact(0.9 * truth @ turn.T, "clip_scale") > 1e-2
+    bones = bone_vectors(torch.from_numpy(truth))
+    bones[5:9, 2, 2] *= -1                                       # the right shin points the other way in depth
+    flipped = (torch.from_numpy(truth[:, :1]) + torch.einsum("jb,tbc->tjc", _BONES_ABOVE.double(), bones)).numpy()
+    assert np.abs(flipped - truth).max() > 1e-2
+    assert exact(flipped, "depth_signs") < 1e-9 and exact(flipped, "true_bone_lengths") > 1e-2
+
 
 def test_shipped_stage2_config_builds_its_models():
     """A typo in the shipped config (an unknown lifter or PhysNet field, a bad option) fails here, not an hour in."""

@@ -13,7 +13,8 @@ paper's plain mean), S_dd + Savitzky–Golay (7, 2), S_dd + one-euro —
 MPJPE, N-MPJPE, PA-MPJPE, MPJVE, acceleration error, bone-length std and jitter (mm; derivatives per
 frame), and the ground truth's own bone std and jitter; the targets for fused and for fused+fit2d. Last
 line: JSON. ``--error-spectrum`` prints instead where S_dd's error lies in time frequency and the oracle
-bounds that sets on smoothing (:func:`error_spectrum`).
+bounds that sets on smoothing (:func:`error_spectrum`); ``--error-budget`` what each kind of error costs
+(:func:`error_budget`).
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ ONE_EURO = {"min_cutoff": 8.0, "beta": 1.0, "d_cutoff": 1.0}   # tune_one_euro o
 PER_FRAME = ("joints_cam", "keypoints_2d", "det_keypoints", "det_scores", "flight", "com_world")
 METHODS = ("dd", "pp", "fused", "fused+fit2d", "fused_free", "dd+savgol", "dd+one_euro")
 SPECTRUM_CUTOFFS = (0.5, 1.0, 2.0, 4.0, 8.0)                   # Hz, for --error-spectrum
+ORACLES = ("clip_scale", "clip_similarity", "true_proportions", "true_bone_lengths", "depth_signs")
+BUDGET_METHODS = ("dd", "fused+fit2d")                          # for --error-budget
 FIELDS = ("mpjpe", "n_mpjpe", "pa_mpjpe", "mpjve", "accel_error", "bone_std", "jitter")
 
 
@@ -228,6 +231,69 @@ def format_spectrum(spectrum: dict, cutoffs=SPECTRUM_CUTOFFS) -> str:
     return "\n".join(lines)
 
 
+def oracle_corrections(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray]:
+    """``pred`` (T,17,3) with one kind of error taken out by looking at the truth ``gt`` (both root-relative):
+
+    ``clip_scale`` one scale for the whole clip (the body's size, which a single view cannot fix);
+    ``clip_similarity`` one rotation and scale for the clip; ``true_proportions`` the truth's bone lengths
+    rescaled to ``pred``'s total length (its proportions, not its size); ``true_bone_lengths`` the truth's bone
+    lengths; ``depth_signs`` every bone pointing the truth's way along the camera axis (z) where the two
+    disagree: the depth flips of monocular lifting. Each is :data:`ORACLES`' entry in order.
+    """
+    import torch
+
+    from ..camera import _BONES_ABOVE, bone_vectors, constant_bone_lengths
+
+    p, g = torch.from_numpy(np.asarray(pred, np.float64)), torch.from_numpy(np.asarray(gt, np.float64))
+    true_len = bone_vectors(g).norm(dim=-1).mean(0)
+    bones = bone_vectors(p)
+    flipped = bones.clone()
+    flipped[..., 2] = torch.where(torch.sign(bones[..., 2]) != torch.sign(bone_vectors(g)[..., 2]),
+                                  -bones[..., 2], bones[..., 2])
+    flat = lambda x: np.asarray(x, np.float64).reshape(1, -1, 3)  # noqa: E731  (the clip as one point set)
+    scale = (flat(pred) * flat(gt)).sum() / max((flat(pred) ** 2).sum(), 1e-12)
+    return {"clip_scale": scale * np.asarray(pred, np.float64),
+            "clip_similarity": metrics.procrustes_align(flat(pred), flat(gt)).reshape(np.shape(pred)),
+            "true_proportions": constant_bone_lengths(p, true_len * bones.norm(dim=-1).mean(0).sum() / true_len.sum()
+                                                      ).numpy(),
+            "true_bone_lengths": constant_bone_lengths(p, true_len).numpy(),
+            "depth_signs": (p[:, :1] + torch.einsum("jb,tbc->tjc", _BONES_ABOVE.double(), flipped)).numpy()}
+
+
+def error_budget(model, clips: list[dict], fps_list=BENCH_FPS, methods=BUDGET_METHODS) -> dict:
+    """What each kind of error costs (mm, frame-weighted): per fps and method, ``mpjpe``, the MPJPE after each
+    of :func:`oracle_corrections` (``<oracle>_mpjpe``), and ``pa_mpjpe`` (a similarity per frame)."""
+    result: dict = {}
+    for fps in fps_list:
+        rows = []
+        for gt, outs in outputs_at(model, clips, fps):
+            row = {}
+            for m in methods:
+                row[f"{m}/mpjpe"] = metrics.mpjpe(outs[m], gt) * 1000
+                row[f"{m}/pa_mpjpe"] = metrics.pa_mpjpe(outs[m], gt) * 1000
+                for name, fixed in oracle_corrections(outs[m], gt).items():
+                    row[f"{m}/{name}_mpjpe"] = metrics.mpjpe(fixed, gt) * 1000
+            rows.append((len(gt), row))
+        if rows:
+            flat = _weighted(rows)
+            result[str(fps)] = {m: {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(m + "/")}
+                                for m in methods} | {"clips": len(rows)}
+    return result
+
+
+def format_budget(budget: dict, methods=BUDGET_METHODS) -> str:
+    lines = []
+    for fps, r in budget.items():
+        lines.append(f"\n{fps} fps, {r['clips']} clips: MPJPE (mm) with one kind of error removed by an oracle")
+        lines.append(f"{'':<30}" + "".join(f"{m:>14}" for m in methods) + f"  {methods[-1]} / {methods[0]} as is")
+        for key in ("mpjpe", *(f"{o}_mpjpe" for o in ORACLES), "pa_mpjpe"):
+            label = "as is" if key == "mpjpe" else key.removesuffix("_mpjpe").replace("_", " ")
+            values = [r[m][key] for m in methods]
+            lines.append(f"{label:<30}" + "".join(f"{v:>14.1f}" for v in values)
+                         + f"  {values[-1] / r[methods[0]]['mpjpe']:.3f}")
+    return "\n".join(lines)
+
+
 def tune_one_euro(model, clips: list[dict], min_cutoffs=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
                   betas=(0.0, 0.3, 1.0, 3.0, 10.0), jitter_ratio: float = 0.5) -> dict:
     """Grid-search the one-euro parameters on ``clips`` (training-side validation clips, never the held-out
@@ -296,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--motions", type=int, default=24, help="with --make-heldout: number of motions")
     ap.add_argument("--error-spectrum", action="store_true",
                     help="instead of the table: where S_dd's error lies in time frequency (oracle bounds) and exit")
+    ap.add_argument("--error-budget", action="store_true",
+                    help="instead of the table: what each kind of error costs S_dd and fused+fit2d (oracle fixes) and exit")
     ap.add_argument("--score-power", type=float, default=1.0, metavar="P",
                     help="raise the detections' scores to the power P first: another detector's score calibration "
                          "(same order, other values); 1 = as stored")
@@ -346,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
         spectrum = error_spectrum(model, clips)
         print(format_spectrum(spectrum))
         print(json.dumps({"weights": args.weights or "default", "error_spectrum": spectrum}))
+        return 0
+    if args.error_budget:
+        budget = error_budget(model, clips)
+        print(format_budget(budget))
+        print(json.dumps({"weights": args.weights or "default", "error_budget": budget}))
         return 0
     result = evaluate(model, clips)
     print(format_table(result))
