@@ -55,6 +55,21 @@ class FinePhysVideoPipeline:
     def cross_attention_dim(self) -> int:
         return int(self.unet.config.cross_attention_dim)
 
+    def modules(self) -> list[torch.nn.Module]:
+        return [m for m in (self.unet, self.vae, self.encoder) if m is not None]
+
+    @property
+    def num_bytes(self) -> int:
+        """Bytes of every weight and buffer of the pipeline's models."""
+        return sum(t.numel() * t.element_size() for m in self.modules() for t in (*m.parameters(), *m.buffers()))
+
+    def to(self, device: torch.device | str) -> FinePhysVideoPipeline:
+        """Move every model to ``device``, in place (the sampler runs where ``device`` says); returns self."""
+        self.device = torch.device(device)
+        for module in self.modules():
+            module.to(self.device)
+        return self
+
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}={v}" for k, v in self.sources.items())
         return f"FinePhysVideoPipeline({parts}, device={self.device}, dtype={self.dtype})"

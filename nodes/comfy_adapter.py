@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import importlib
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 FINEPHYS_FOLDER = "finephys"
 RTMLIB_FOLDER = "finephys_rtmlib"  # rtmlib's .onnx files; users remap it under this name in extra_model_paths.yaml
@@ -152,12 +154,30 @@ def check_interrupt() -> None:
         mm.throw_exception_if_processing_interrupted()
 
 
-def free_memory() -> None:
-    """Before loading a large model ComfyUI does not manage: have ComfyUI unload its own models from the GPU
-    and return cached blocks to the driver. Nothing outside ComfyUI."""
+def offload_device():
+    """Where ComfyUI keeps diffusion models between jobs: the CPU, or the GPU with --highvram / --gpu-only."""
+    import torch
     mm = _model_management()
-    if mm is not None:
-        mm.unload_all_models()
+    return torch.device("cpu") if mm is None else mm.unet_offload_device()
+
+
+@contextmanager
+def on_compute_device(pipe, workspace_bytes: int) -> Iterator[None]:
+    """Run a job with a pipeline ComfyUI does not manage the way ComfyUI's own upscale-model node does: have
+    ComfyUI free room for its weights plus ``workspace_bytes`` on the GPU, move it there, and move it back to
+    the offload device afterwards, also on errors and Cancel, so between jobs it holds no GPU memory that
+    ComfyUI cannot see. Outside ComfyUI the pipeline stays where it is."""
+    mm = _model_management()
+    if mm is None:
+        yield
+        return
+    device = mm.get_torch_device()
+    mm.free_memory(pipe.num_bytes + int(workspace_bytes), device)
+    pipe.to(device)
+    try:
+        yield
+    finally:
+        pipe.to(mm.unet_offload_device())
         mm.soft_empty_cache()
 
 

@@ -6,8 +6,8 @@ import logging
 import torch
 
 from ..finephys_core import pipeline_loading, sampler
-from .comfy_adapter import (FINEPHYS_FOLDER, Progress, free_memory, intermediate_device, list_models,
-                            model_path, register_model_folder, torch_device)
+from .comfy_adapter import (FINEPHYS_FOLDER, Progress, intermediate_device, list_models, model_path,
+                            offload_device, on_compute_device, register_model_folder, torch_device)
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name != "auto":
         return DTYPES[name]
     return torch.float32 if device.type == "cpu" else torch.float16
+
+
+def sampling_workspace_bytes(frames: int, height: int, width: int, dtype: torch.dtype) -> int:
+    """GPU memory the UNet's activations need beyond its weights, by ComfyUI's own estimate for SD1.5
+    (``BaseModel.memory_required`` with efficient attention: 0.01 MiB per latent pixel, batch item and byte of
+    dtype), for a batch of every frame twice (classifier-free guidance)."""
+    latent_pixels = 2 * frames * (height // 8) * (width // 8)
+    return int(latent_pixels * torch.finfo(dtype).bits // 8 * 0.01 * 1024 * 1024)
 
 
 IGNORED_CONDITIONING_KEYS = ("area", "mask", "strength", "start_percent", "end_percent", "control", "gligen")
@@ -84,11 +92,10 @@ class FinePhysLoadPipeline:
         ckpt_path, motion_path = model_path(CHECKPOINTS, checkpoint), model_path(MOTION_MODULES, motion_module)
         lora_path = None if lora == "none" else model_path(FINEPHYS_FOLDER, lora)
         encoder_path = None if encoder == "none" else model_path(FINEPHYS_FOLDER, encoder)
-        free_memory()  # after the file checks (a missing file unloads nothing): ~5 GB ComfyUI does not manage
-        device = torch_device()
+        # built where ComfyUI keeps its own diffusion models between jobs; the sampler moves it to the GPU
         pipe = pipeline_loading.load_video_pipeline(ckpt_path, motion_path, lora_path=lora_path,
-                                                    encoder_path=encoder_path, device=device,
-                                                    dtype=resolve_dtype(dtype, device))
+                                                    encoder_path=encoder_path, device=offload_device(),
+                                                    dtype=resolve_dtype(dtype, torch_device()))
         return (pipe,)
 
 
@@ -136,11 +143,13 @@ class FinePhysSampler:
     def sample(self, pipeline, positive, negative, seed, steps, cfg, width, height, frames, guidance_strength,
                guidance=None):
         progress = Progress(steps, desc="FinePhys sampling")
+        workspace = sampling_workspace_bytes(frames, height, width, pipeline.dtype)
         try:
-            images, latents = sampler.sample_video(
-                pipeline, conditioning_tensors(positive, "positive"), conditioning_tensors(negative, "negative"),
-                guidance, num_frames=frames, height=height, width=width, steps=steps, cfg=cfg, seed=seed,
-                guidance_strength=guidance_strength, progress=progress)
+            with on_compute_device(pipeline, workspace):
+                images, latents = sampler.sample_video(
+                    pipeline, conditioning_tensors(positive, "positive"), conditioning_tensors(negative, "negative"),
+                    guidance, num_frames=frames, height=height, width=width, steps=steps, cfg=cfg, seed=seed,
+                    guidance_strength=guidance_strength, progress=progress)
         finally:
             progress.close()
         # ComfyUI LATENTs are unscaled VAE latents, one batch item per frame.

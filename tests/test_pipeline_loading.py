@@ -283,3 +283,16 @@ def test_lora_errors(tiny, lora_pipe, tmp_path):
     assert not getattr(unet, "peft_config", {})  # the failed adapter was removed again
     with pytest.raises(lora_lib.LoraError, match="kohya"):
         lora_lib.load_lora(unet, tmp_path / "kohya.safetensors")
+
+
+def test_pipeline_moves_every_model_and_counts_their_bytes():
+    """What the sampler node's on_compute_device relies on: ``to`` moves the UNet, VAE and encoder and records the
+    device the sampler runs on; ``num_bytes`` is what ComfyUI is asked to free for the weights."""
+    pipe = pl.random_pipeline(pl.TINY_CONFIG_DIR, hidden_channels=None)
+    weights = sum(t.numel() * t.element_size() for m in (pipe.unet, pipe.vae, pipe.encoder)
+                  for t in m.state_dict().values())
+    assert pipe.num_bytes == weights > 0
+    assert pipe.to("meta") is pipe and pipe.device == torch.device("meta")
+    assert {t.device.type for m in (pipe.unet, pipe.vae, pipe.encoder) for t in m.state_dict().values()} == {"meta"}
+    no_encoder = pl.random_pipeline(pl.TINY_CONFIG_DIR, hidden_channels=None, with_encoder=False)
+    assert no_encoder.encoder is None and no_encoder.num_bytes < weights

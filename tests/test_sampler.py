@@ -271,32 +271,71 @@ def test_load_pipeline_node_lists_and_loads_model_files(node_module, pipe, tmp_p
 
 
 
-def test_load_pipeline_node_frees_comfyui_memory_first_and_stays_cached(node_module, tmp_path, monkeypatch):
-    """Inside ComfyUI the loader unloads ComfyUI's models before loading its own (after checking the files);
-    outside ComfyUI nothing happens. No IS_CHANGED / NOT_IDEMPOTENT: ComfyUI caches the pipeline."""
+def recording_model_management(monkeypatch, calls: list, device="cpu", offload="cpu"):
+    """ComfyUI's model-management interface as the nodes use it, recording the calls."""
+    mm = types.ModuleType("comfy.model_management")
+    mm.unload_all_models = lambda: calls.append("unload_all_models")
+    mm.soft_empty_cache = lambda force=False: calls.append("soft_empty_cache")
+    mm.free_memory = lambda required, dev, keep_loaded=(): calls.append(("free_memory", required, dev))
+    mm.get_torch_device = lambda: torch.device(device)
+    mm.unet_offload_device = lambda: torch.device(offload)
+    mm.intermediate_device = lambda: torch.device("cpu")
+    mm.throw_exception_if_processing_interrupted = lambda: None
+    comfy = types.ModuleType("comfy")
+    comfy.model_management = mm
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.model_management", mm)
+    return mm
+
+
+def test_load_pipeline_node_builds_on_the_offload_device_and_stays_cached(node_module, tmp_path, monkeypatch):
+    """Inside ComfyUI the loader builds the pipeline where ComfyUI keeps diffusion models between jobs (the CPU
+    unless --highvram), in the compute device's dtype, and unloads nothing. No IS_CHANGED / NOT_IDEMPOTENT:
+    ComfyUI caches the pipeline."""
     cls = node_module.FinePhysLoadPipeline
     assert not hasattr(cls, "IS_CHANGED") and not getattr(cls, "NOT_IDEMPOTENT", False)
-    node_module.free_memory()                                         # plain Python: a no-op
     monkeypatch.setenv("FINEPHYS_MODELS_DIR", str(tmp_path))
     for folder, name in (("checkpoints", "sd15.safetensors"), ("animatediff_models", "mm.ckpt")):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / name).write_bytes(b"")
     calls = []
-    mm = types.ModuleType("comfy.model_management")                  # ComfyUI's interface, recording calls
-    mm.unload_all_models = lambda: calls.append("unload_all_models")
-    mm.soft_empty_cache = lambda force=False: calls.append("soft_empty_cache")
-    mm.get_torch_device = lambda: torch.device("cpu")
-    comfy = types.ModuleType("comfy")
-    comfy.model_management = mm
-    monkeypatch.setitem(sys.modules, "comfy", comfy)
-    monkeypatch.setitem(sys.modules, "comfy.model_management", mm)
+    recording_model_management(monkeypatch, calls, device="cuda", offload="cpu")
     monkeypatch.setattr(node_module.pipeline_loading, "load_video_pipeline",
-                        lambda *a, **kw: calls.append("load") or "pipeline")
-    with pytest.raises(FileNotFoundError):
-        cls().load("missing.safetensors", "mm.ckpt")
-    assert calls == []                                                 # a wrong file name unloads nothing
+                        lambda *a, **kw: calls.append(("load", kw["device"], kw["dtype"])) or "pipeline")
     assert cls().load("sd15.safetensors", "mm.ckpt") == ("pipeline",)
-    assert calls == ["unload_all_models", "soft_empty_cache", "load"]
+    assert calls == [("load", torch.device("cpu"), torch.float16)]     # fp16 for the GPU it will run on
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_sampler_node_borrows_the_gpu_only_for_the_job(node_module, pipe, text, monkeypatch, fail):
+    """ComfyUI's upscale-model pattern: free room (weights + activations) on the compute device, move the
+    pipeline there, sample, move it back to the offload device and empty the cache, also when sampling fails
+    (Cancel raises inside the sampler)."""
+    calls, moved = [], []
+    recording_model_management(monkeypatch, calls, device="cuda", offload="cpu")
+    # records the moves without making them, so the tiny pipeline still samples on this CPU
+    monkeypatch.setattr(pipe, "to", lambda device: moved.append((str(device), len(calls))) or pipe, raising=False)
+    real = node_module.sampler.sample_video
+
+    def sample_video(*args, **kwargs):
+        calls.append("sampling")
+        if fail:
+            raise RuntimeError("interrupted")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(node_module.sampler, "sample_video", sample_video)
+    run = lambda: node_module.FinePhysSampler().sample(  # noqa: E731
+        pipe, [[text[0], {}]], [[text[1], {}]], 3, STEPS, 7.5, SIZE, SIZE, FRAMES, 1.0)
+    if fail:
+        with pytest.raises(RuntimeError, match="interrupted"):
+            run()
+    else:
+        images, latent = run()
+        assert images.shape == (FRAMES, SIZE, SIZE, 3) and latent["samples"].shape[0] == FRAMES
+    workspace = node_module.sampling_workspace_bytes(FRAMES, SIZE, SIZE, pipe.dtype)
+    assert workspace == pytest.approx(2 * FRAMES * (SIZE // 8) ** 2 * 4 * 0.01 * 2 ** 20, abs=1)   # fp32: 4 bytes
+    assert calls == [("free_memory", pipe.num_bytes + workspace, torch.device("cuda")), "sampling", "soft_empty_cache"]
+    assert moved == [("cuda", 1), ("cpu", 2)]                        # to the GPU after freeing, back before emptying
+
 
 def test_load_pipeline_node_end_to_end(node_module, tmp_path, monkeypatch):
     """Real files through the node (tiny configs via the core's config_dir)."""
