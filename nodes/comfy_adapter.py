@@ -173,8 +173,8 @@ def on_compute_device(pipe, workspace_bytes: int) -> Iterator[None]:
         return
     device = mm.get_torch_device()
     mm.free_memory(pipe.num_bytes + int(workspace_bytes), device)
-    pipe.to(device)
     try:
+        pipe.to(device)   # inside: a move that runs out of memory half-way is undone too
         yield
     finally:
         pipe.to(mm.unet_offload_device())

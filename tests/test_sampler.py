@@ -306,35 +306,42 @@ def test_load_pipeline_node_builds_on_the_offload_device_and_stays_cached(node_m
     assert calls == [("load", torch.device("cpu"), torch.float16)]     # fp16 for the GPU it will run on
 
 
-@pytest.mark.parametrize("fail", [False, True])
+@pytest.mark.parametrize("fail", [None, "sampling", "move"])
 def test_sampler_node_borrows_the_gpu_only_for_the_job(node_module, pipe, text, monkeypatch, fail):
     """ComfyUI's upscale-model pattern: free room (weights + activations) on the compute device, move the
     pipeline there, sample, move it back to the offload device and empty the cache, also when sampling fails
-    (Cancel raises inside the sampler)."""
+    (Cancel raises inside the sampler) or the move to the GPU runs out of memory half-way."""
     calls, moved = [], []
     recording_model_management(monkeypatch, calls, device="cuda", offload="cpu")
-    # records the moves without making them, so the tiny pipeline still samples on this CPU
-    monkeypatch.setattr(pipe, "to", lambda device: moved.append((str(device), len(calls))) or pipe, raising=False)
+
+    def move(device):  # records the moves without making them, so the tiny pipeline still samples on this CPU
+        moved.append((str(device), len(calls)))
+        if fail == "move" and str(device) == "cuda":
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return pipe
+    monkeypatch.setattr(pipe, "to", move, raising=False)
     real = node_module.sampler.sample_video
 
     def sample_video(*args, **kwargs):
         calls.append("sampling")
-        if fail:
+        if fail == "sampling":
             raise RuntimeError("interrupted")
         return real(*args, **kwargs)
     monkeypatch.setattr(node_module.sampler, "sample_video", sample_video)
     run = lambda: node_module.FinePhysSampler().sample(  # noqa: E731
         pipe, [[text[0], {}]], [[text[1], {}]], 3, STEPS, 7.5, SIZE, SIZE, FRAMES, 1.0)
     if fail:
-        with pytest.raises(RuntimeError, match="interrupted"):
+        with pytest.raises((RuntimeError, torch.OutOfMemoryError), match="interrupted|out of memory"):
             run()
     else:
         images, latent = run()
         assert images.shape == (FRAMES, SIZE, SIZE, 3) and latent["samples"].shape[0] == FRAMES
     workspace = node_module.sampling_workspace_bytes(FRAMES, SIZE, SIZE, pipe.dtype)
     assert workspace == pytest.approx(2 * FRAMES * (SIZE // 8) ** 2 * 4 * 0.01 * 2 ** 20, abs=1)   # fp32: 4 bytes
-    assert calls == [("free_memory", pipe.num_bytes + workspace, torch.device("cuda")), "sampling", "soft_empty_cache"]
-    assert moved == [("cuda", 1), ("cpu", 2)]                        # to the GPU after freeing, back before emptying
+    sampled = [] if fail == "move" else ["sampling"]
+    assert calls == [("free_memory", pipe.num_bytes + workspace, torch.device("cuda")), *sampled, "soft_empty_cache"]
+    # to the GPU after freeing, back (to the CPU) before emptying the cache
+    assert moved == [("cuda", 1), ("cpu", 1 + len(sampled))]
 
 
 def test_load_pipeline_node_end_to_end(node_module, tmp_path, monkeypatch):
