@@ -124,9 +124,14 @@ def constant_bone_lengths(joints: Tensor, lengths: Tensor | None = None) -> Tens
     if lengths is None:
         lengths = length.median(dim=-3).values[..., 0]
     unit = bones / length.clamp_min(1e-9)
-    scaled = unit * lengths[..., None, :, None]
-    above = _BONES_ABOVE.to(device=joints.device, dtype=joints.dtype)
-    return joints[..., :1, :] + torch.einsum("jb,...bc->...jc", above, scaled)
+    return joints_from_bones(joints[..., :1, :], unit * lengths[..., None, :, None])
+
+
+def joints_from_bones(root: Tensor, bones: Tensor) -> Tensor:
+    """Inverse of :func:`bone_vectors`: the root (..., 1, 3) and bones (..., 16, 3) → joints (..., 17, 3),
+    placed from the root outward."""
+    above = _BONES_ABOVE.to(device=bones.device, dtype=bones.dtype)
+    return root + torch.einsum("jb,...bc->...jc", above, bones)
 
 
 def _check_fit_inputs(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor) -> None:

@@ -25,12 +25,17 @@ def mpjpe(pred, gt) -> float:
     return float(np.linalg.norm(pred - gt, axis=-1).mean())
 
 
-def n_mpjpe(pred, gt) -> float:
-    """MPJPE after scaling each predicted pose by the least-squares factor <p, g> / <p, p> (VideoPose3D)."""
+def scale_align(pred, gt) -> np.ndarray:
+    """Each pose (..., J, 3) of ``pred`` scaled by the least-squares factor <p, g> / <p, p>."""
     pred, gt = _pair(pred, gt)
     num = (pred * gt).sum(axis=(-2, -1), keepdims=True)
     den = np.maximum((pred * pred).sum(axis=(-2, -1), keepdims=True), 1e-12)
-    return mpjpe(pred * num / den, gt)
+    return pred * num / den
+
+
+def n_mpjpe(pred, gt) -> float:
+    """MPJPE after scaling each predicted pose by the least-squares factor (VideoPose3D; :func:`scale_align`)."""
+    return mpjpe(scale_align(pred, gt), gt)
 
 
 def procrustes_align(pred, gt) -> np.ndarray:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from finephys_core.camera import (Perspective, WeakPerspective, bone_vectors, constant_bone_lengths, fit_camera,
-                                  fit_to_keypoints,
-                                  fit_perspective, fuse, fuse_poses, project, project_pinhole)
+                                  fit_to_keypoints, fit_perspective, fuse, fuse_poses, joints_from_bones, project,
+                                  project_pinhole)
 from finephys_core.sequence import Pose2D, Pose3D, PoseError
 from finephys_core.skeleton import COCO17, H36M17
 
@@ -134,6 +134,11 @@ def test_fuse_poses_converts_layout_and_checks_frames():
 
 def _bone_lengths(x: torch.Tensor) -> torch.Tensor:
     return bone_vectors(x).norm(dim=-1)
+
+
+def test_joints_from_bones_inverts_bone_vectors():
+    x = _skeletons(3, 5) + torch.tensor([0.2, -0.1, 4.0], dtype=torch.float64)      # root away from the origin
+    assert torch.allclose(joints_from_bones(x[..., :1, :], bone_vectors(x)), x, atol=1e-12)
 
 
 def test_constant_bone_lengths_keeps_directions_and_median_lengths():

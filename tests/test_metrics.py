@@ -34,6 +34,7 @@ def test_shape_mismatch_is_named():
 
 def test_n_mpjpe_removes_scale_only():
     gt = _pose()
+    assert np.allclose(metrics.scale_align(1.7 * gt, gt), gt)
     assert metrics.n_mpjpe(1.7 * gt, gt) == pytest.approx(0.0, abs=1e-9)
     assert metrics.mpjpe(1.7 * gt, gt) > 0.1
     shifted = gt + np.array([0.5, 0, 0])

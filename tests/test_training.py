@@ -373,7 +373,7 @@ def test_physics_bench_last_line_is_json(tmp_path, capsys):
 
 def test_oracle_corrections_remove_exactly_their_error():
     from finephys_core.bench import physics as bench
-    from finephys_core.camera import _BONES_ABOVE, bone_vectors, constant_bone_lengths
+    from finephys_core.camera import bone_vectors, constant_bone_lengths, joints_from_bones
 
     clip = bench.load_heldout()[0]["joints_cam"][:20].astype(np.float64)
     truth = constant_bone_lengths(torch.from_numpy(clip - clip[:, :1])).numpy()   # rigid, root-relative
@@ -386,7 +386,7 @@ def test_oracle_corrections_remove_exactly_their_error():
     assert exact(0.9 * truth @ turn.T, "clip_scale") > 1e-2
     bones = bone_vectors(torch.from_numpy(truth))
     bones[5:9, 2, 2] *= -1                                       # the right shin points the other way in depth
-    flipped = (torch.from_numpy(truth[:, :1]) + torch.einsum("jb,tbc->tjc", _BONES_ABOVE.double(), bones)).numpy()
+    flipped = joints_from_bones(torch.from_numpy(truth[:, :1]), bones).numpy()
     assert np.abs(flipped - truth).max() > 1e-2
     assert exact(flipped, "depth_signs") < 1e-9 and exact(flipped, "true_bone_lengths") > 1e-2
 

@@ -242,7 +242,7 @@ def oracle_corrections(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray
     """
     import torch
 
-    from ..camera import _BONES_ABOVE, bone_vectors, constant_bone_lengths
+    from ..camera import bone_vectors, constant_bone_lengths, joints_from_bones
 
     p, g = torch.from_numpy(np.asarray(pred, np.float64)), torch.from_numpy(np.asarray(gt, np.float64))
     true_len = bone_vectors(g).norm(dim=-1).mean(0)
@@ -250,14 +250,14 @@ def oracle_corrections(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray
     flipped = bones.clone()
     flipped[..., 2] = torch.where(torch.sign(bones[..., 2]) != torch.sign(bone_vectors(g)[..., 2]),
                                   -bones[..., 2], bones[..., 2])
-    flat = lambda x: np.asarray(x, np.float64).reshape(1, -1, 3)  # noqa: E731  (the clip as one point set)
-    scale = (flat(pred) * flat(gt)).sum() / max((flat(pred) ** 2).sum(), 1e-12)
-    return {"clip_scale": scale * np.asarray(pred, np.float64),
-            "clip_similarity": metrics.procrustes_align(flat(pred), flat(gt)).reshape(np.shape(pred)),
+    as_one_pose = lambda x: np.asarray(x, np.float64).reshape(1, -1, 3)  # noqa: E731  (the clip as one point set)
+    clip_aligned = lambda align: align(as_one_pose(pred), as_one_pose(gt)).reshape(np.shape(pred))  # noqa: E731
+    return {"clip_scale": clip_aligned(metrics.scale_align),
+            "clip_similarity": clip_aligned(metrics.procrustes_align),
             "true_proportions": constant_bone_lengths(p, true_len * bones.norm(dim=-1).mean(0).sum() / true_len.sum()
                                                       ).numpy(),
             "true_bone_lengths": constant_bone_lengths(p, true_len).numpy(),
-            "depth_signs": (p[:, :1] + torch.einsum("jb,tbc->tjc", _BONES_ABOVE.double(), flipped)).numpy()}
+            "depth_signs": joints_from_bones(p[:, :1], flipped).numpy()}
 
 
 def error_budget(model, clips: list[dict], fps_list=BENCH_FPS, methods=BUDGET_METHODS) -> dict:
