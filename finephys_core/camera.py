@@ -337,7 +337,8 @@ def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = DEFAULT
                camera_model: str = "weak", focal: float | None = None,
                bones: str = "constant", fit_2d: int = 0,
                progress: Callable[[int], None] | None = None) -> tuple[Pose3D, Pose2D]:
-    """Ŝ = fuse(S_dd, S_pp), a camera fitted to ``detected`` (weighted by its scores), Ŝ reprojected.
+    """Ŝ = fuse(S_dd, S_pp), a camera fitted to ``detected`` (weighted by its scores, times S_dd's
+    ``agreement_2d`` when it has one), Ŝ reprojected.
 
     ``weight``: of S_pp (:data:`DEFAULT_FUSE_WEIGHT`; the paper's mean is 0.5). ``bones``: 'constant'
     (default) gives Ŝ one length per bone for the clip (:func:`constant_bone_lengths`); 'free' is the
@@ -360,6 +361,8 @@ def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = DEFAULT
         fused = constant_bone_lengths(fused)
     kp = torch.from_numpy(detected.keypoints).double()
     sc = torch.from_numpy(detected.scores).double()
+    if dd.agreement_2d is not None:
+        sc = sc * torch.from_numpy(dd.agreement_2d).double()
     size = detected.image_size
     if camera_model not in ("weak", "perspective"):
         raise ValueError(f"camera_model must be 'weak' or 'perspective'; got {camera_model!r}")

@@ -14,6 +14,7 @@ import torch
 
 from . import physics
 from .camera import DEFAULT_FUSE_WEIGHT, fuse_poses
+from .denoise2d import detection_agreement
 from .lifting import lift_windows, mirror_averaged
 from .pose_model import PoseModel, choose_prompt, choose_prompts
 from .sequence import Pose2D, Pose3D, PoseError
@@ -49,7 +50,8 @@ def _checked_2d(pose2d: Pose2D) -> Pose2D:
 def lift_pose(pose2d: Pose2D, model: PoseModel, overlap: int | None = None, num_prompts: int = 1,
               prompt_per_window: bool = True, num_threads: int | None = 1, mirror_average: bool = True) -> Pose3D:
     """LiftICL3D: any-length 2D clip (any supported layout) → Pose3D S_dd (source 'dd'), metres; through the
-    model's learned 2D front end first when it has one (:meth:`PoseModel.clean_2d`).
+    model's learned 2D front end first when it has one (:meth:`PoseModel.clean_2d`), whose agreement with
+    each detected joint then rides along as ``agreement_2d`` for the fit to the 2D.
 
     Raises PoseError for a non-Pose2D or when no joint has a score above 0 ("no person detected").
     One frame is fine. ``num_prompts`` > 1 averages the lifts with the k nearest prompt pairs, chosen for
@@ -75,11 +77,13 @@ def lift_pose(pose2d: Pose2D, model: PoseModel, overlap: int | None = None, num_
         return torch.stack([lift_one(q, choose_prompt(model, q, k=num_prompts)) for q in clips])
 
     with torch.inference_mode(), torch_threads(num_threads):
-        query = model.clean_2d(query.to(device))
+        detected = query.to(device)
+        query = model.clean_2d(detected)
+        agreement = None if model.denoiser is None else detection_agreement(detected, query).cpu().numpy()
         s_dd = (mirror_averaged(lift, query[None]) if mirror_average else lift(query[None]))[0]
     joints = s_dd.cpu().numpy().astype(np.float32)
     return Pose3D(joints, fps=pose2d.fps, source="dd", image_size=pose2d.image_size,
-                  meta={"trained": model.trained})
+                  meta={"trained": model.trained}, agreement_2d=agreement)
 
 
 @dataclass

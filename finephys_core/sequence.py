@@ -115,7 +115,11 @@ class Pose2D:
 @dataclass
 class Pose3D:
     """A 3D pose sequence: joints (T, 17, 3) float32 metres, root-relative, camera frame
-    (x right, y down, z forward), with an optional camera for reprojection and a source tag."""
+    (x right, y down, z forward), with an optional camera for reprojection and a source tag.
+
+    ``agreement_2d``: (T, 17) in [0, 1] or None, how well each detected joint agreed with the lifter's 2D
+    front end (:func:`denoise2d.detection_agreement`); the fit to the 2D weighs the detections by it.
+    """
 
     joints: np.ndarray
     fps: float = 25.0
@@ -123,9 +127,15 @@ class Pose3D:
     camera: Camera | None = None
     image_size: tuple[int, int] | None = None
     meta: dict = field(default_factory=dict)
+    agreement_2d: np.ndarray | None = None
 
     def __post_init__(self):
         self.joints = _check_array("joints", self.joints, (17, 3))
+        if self.agreement_2d is not None:
+            agreement = _check_array("agreement_2d", self.agreement_2d, (17,))
+            if agreement.shape[0] != self.joints.shape[0]:
+                raise PoseError(f"agreement_2d has {agreement.shape[0]} frames, joints {self.joints.shape[0]}")
+            self.agreement_2d = np.clip(agreement, 0.0, 1.0)
         if self.source not in POSE3D_SOURCES:
             raise PoseError(f"source must be one of {POSE3D_SOURCES}; got {self.source!r}")
         if not np.isfinite(self.fps) or self.fps <= 0:
@@ -195,6 +205,8 @@ def pose_to_dict(pose: Pose2D | Pose3D) -> dict:
         d["camera"] = pose.camera.to_dict()
     if pose.image_size is not None:
         d["image_size"] = list(pose.image_size)
+    if pose.agreement_2d is not None:
+        d["agreement_2d"] = pose.agreement_2d.tolist()
     return d
 
 
@@ -217,7 +229,8 @@ def pose_from_dict(d: dict) -> Pose2D | Pose3D:
         size = d.get("image_size")
         return Pose3D(np.asarray(d["joints"]), float(d.get("fps", 25.0)), str(d.get("source", "dd")),
                       Camera.from_dict(cam) if cam else None,
-                      tuple(int(v) for v in size) if size is not None else None, dict(d.get("meta", {})))
+                      tuple(int(v) for v in size) if size is not None else None, dict(d.get("meta", {})),
+                      np.asarray(d["agreement_2d"]) if d.get("agreement_2d") is not None else None)
     raise PoseError(f"not a FinePhys pose file: no 'keypoints' (2D) or 'joints' (3D) entry (kind={kind!r})")
 
 

@@ -121,7 +121,8 @@ class FinePhysFusePoses:
                 "fit_2d": ("INT", {
                     "default": camera.DEFAULT_FIT_2D_ITERS, "min": 0, "max": 2000, "step": 10,
                     "tooltip": "Iterations of a test-time fit of the fused pose to the detected 2D (robust to "
-                               "wrong detections, bones kept rigid): the 2D fixes how far each limb points "
+                               "wrong detections, bones kept rigid; detections the lifter's 2D front end moved "
+                               "far count less): the 2D fixes how far each limb points "
                                "towards the camera. 0 = the paper's fusion. About 0.2-0.8 s per clip on a CPU; "
                                "with the shipped weights 4-6 % lower 3D error."}),
             },

@@ -271,3 +271,18 @@ def test_fuse_poses_fit_2d_moves_towards_the_detections():
     err = lambda p: np.linalg.norm(p.joints - p.joints[:, :1] - truth.numpy(), axis=-1).mean()  # noqa: E731
     gap = lambda r: np.abs(r.keypoints - det.keypoints).mean()                               # noqa: E731
     assert err(fitted) < 0.6 * err(plain) and gap(reproj_fit) < 0.6 * gap(reproj)
+
+
+def test_fuse_poses_leaves_out_detections_the_front_end_disagreed_with():
+    truth = _salto_clip(16)
+    kp = (400 * truth[..., :2] + 320).float().numpy()
+    kp[4:12, 16] += 150.0                                          # a confident, wrong wrist for 8 frames
+    det = Pose2D(kp, np.ones((16, 17), np.float32), (640, 480), 25.0)
+    agreement = np.ones((16, 17), np.float32)
+    agreement[4:12, 16] = 0.0
+    off = _jittered(truth).float().numpy()
+    err = lambda p: np.linalg.norm(p.joints - p.joints[:, :1] - truth.numpy(), axis=-1).mean()  # noqa: E731
+    scored, _ = fuse_poses(Pose3D(off), Pose3D(off, source="pp"), det, fit_2d=150)
+    agreed, reproj = fuse_poses(Pose3D(off, agreement_2d=agreement), Pose3D(off, source="pp"), det, fit_2d=150)
+    assert err(agreed) < err(scored)
+    assert np.abs(reproj.keypoints[4:12, 16] - kp[4:12, 16]).min() > 100.0   # reprojected where the wrist is

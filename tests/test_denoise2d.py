@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from finephys_core.denoise2d import Denoiser2D, Denoiser2DConfig, denoise_2d
+from finephys_core.denoise2d import Denoiser2D, Denoiser2DConfig, denoise_2d, detection_agreement
 from finephys_core.lifting import LifterConfig, normalise_2d
 from finephys_core.physics import PhysNetConfig
 from finephys_core.pose_model import WeightsError, load_pose_model, random_pose_model, save_pose_model
@@ -128,6 +128,30 @@ def test_lift_pose_lifts_what_the_front_end_gives_and_stays_mirror_equivariant()
     mkp[..., 0] = size[0] - mkp[..., 0]
     mirrored = lift_pose(Pose2D(mkp, x[:, H36M17.flip_index, 2], size, 25.0, "h36m17"), with_front).joints
     np.testing.assert_allclose(H36M17.mirror(lifted), mirrored, atol=1e-5)
+    agreement = lift_pose(p, with_front).agreement_2d
+    np.testing.assert_allclose(agreement, detection_agreement(torch.from_numpy(p.normalized()),
+                                                              torch.from_numpy(cleaned)).numpy(), atol=1e-6)
+    assert lift_pose(p, plain).agreement_2d is None
+
+
+def test_detection_agreement_is_one_where_the_front_end_kept_a_joint_and_falls_with_the_move():
+    detected = _clip(6, seed=5, missing=0.0)
+    detected[2, 4, 2] = 0.0                                         # a missing joint
+    scale = normalise_2d(detected, "median")[3].reshape(())
+    cleaned = detected.clone()
+    cleaned[0, 1, 0] += 0.2 * scale                                 # moved by σ·s: weight e^-1
+    cleaned[1, 7, :2] += 2.0 * scale                                # moved far: rejected
+    cleaned[3, 3, 2] = 0.01                                         # the front end's own score plays no part
+    a = detection_agreement(detected, cleaned)
+    assert a.shape == (6, 17)
+    assert torch.isclose(a[0, 1], torch.tensor(np.exp(-1.0), dtype=a.dtype), atol=1e-5)
+    assert a[1, 7] < 1e-30 and a[2, 4] == 0.0 and a[3, 3] == 1.0
+    untouched = torch.ones(6, 17, dtype=torch.bool)
+    untouched[0, 1] = untouched[1, 7] = untouched[2, 4] = False
+    assert torch.all(a[untouched] == 1.0)
+    assert torch.allclose(detection_agreement(detected[None], cleaned[None])[0], a)
+    with pytest.raises(ValueError, match="one shape"):
+        detection_agreement(detected, cleaned[:3])
 
 
 def test_denoiser_loss_is_zero_for_the_clean_2d_and_its_score_target_is_the_accuracy():

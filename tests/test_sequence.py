@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -74,6 +75,21 @@ def test_pose3d_round_trip_with_camera(tmp_path, suffix):
     np.testing.assert_allclose(back.joints, pose.joints, rtol=1e-6)
     assert back.source == "fused" and back.meta == {"k": 1} and back.camera.focal == 1000.0
     np.testing.assert_allclose(back.camera.translation, 1.0)
+    assert back.agreement_2d is None
+    agreement = np.random.default_rng(2).uniform(size=(4, 17))
+    again = load_pose(save_pose(dataclasses.replace(pose, agreement_2d=agreement), tmp_path / f"a{suffix}"))
+    np.testing.assert_allclose(again.agreement_2d, agreement, rtol=1e-6)
+
+
+def test_pose3d_checks_its_agreement_2d():
+    joints = np.zeros((4, 17, 3))
+    assert Pose3D(joints, agreement_2d=np.full((4, 17), 1.5)).agreement_2d.max() == 1.0
+    with pytest.raises(PoseError, match="agreement_2d has 3 frames, joints 4"):
+        Pose3D(joints, agreement_2d=np.ones((3, 17)))
+    with pytest.raises(PoseError, match="agreement_2d must have shape"):
+        Pose3D(joints, agreement_2d=np.ones((4, 16)))
+    with pytest.raises(PoseError, match="agreement_2d contains NaN"):
+        Pose3D(joints, agreement_2d=np.full((4, 17), np.nan))
 
 
 def test_nan_keypoints_become_missing_joints():
