@@ -249,6 +249,38 @@ def test_stage2_front_end_phase_then_a_lifter_trained_behind_it(tmp_path, shard_
     assert any(not torch.equal(a, b) for a, b in zip(behind.lifter.parameters(), lifted["plain"].lifter.parameters()))
 
 
+def test_stage2_lifter_with_the_front_end_applied_to_the_pool_once(tmp_path, shard_dir):
+    """front_end_in_pool: the pool's 2D is the front end's output of each item augmented once; the run resumes
+    exactly; other phases refuse the option."""
+    from finephys_core.denoise2d import denoise_2d
+    from finephys_core.pose_model import load_pose_model
+    from training.stage2 import augment
+    data = {"synth": {"path": str(shard_dir), "weight": 1.0}}
+    front = run_stage_main(["--stage", "2", "--config", str(_cfg(tmp_path, "d.json", data=data, max_steps=2,
+                            pool_size=6, train="denoiser", denoiser=TINY_DENOISER, eval={"data": None})),
+                            "--out", str(tmp_path / "d")])["weights"]
+    cfg = _cfg(tmp_path, "l.json", data=data, max_steps=4, pool_size=6, init=front, train="lifter",
+               front_end_in_pool=True, score_gamma=2.0, track_prob=0.5, clean_fraction=0.5, eval={"data": None})
+    run_stage_main(["--stage", "2", "--config", str(cfg), "--out", str(tmp_path / "a")])
+    run_stage_main(["--stage", "2", "--config", str(cfg), "--out", str(tmp_path / "b"), "--set", "stop_after=2"])
+    run_stage_main(["--stage", "2", "--config", str(cfg), "--out", str(tmp_path / "b"), "--resume"])
+    a, _ = common.load_checkpoint(tmp_path / "a" / "ckpt-00000004.safetensors")
+    b, _ = common.load_checkpoint(tmp_path / "b" / "ckpt-00000004.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    pool = torch.load(tmp_path / "a" / "pool-6-0.pt")
+    raw = torch.load(tmp_path / "d" / "pool-6-0.pt")          # the same items, before augmenting and cleaning
+    again = augment(dict(raw), np.random.default_rng([0, 0xF207]), 0.5, 0.0, 2.0, 0.5)
+    with torch.no_grad():
+        cleaned = denoise_2d(load_pose_model(front).denoiser.eval(), again["pose2d"])
+    assert "front_end_applied" in pool and torch.allclose(pool["pose2d"], cleaned, atol=1e-6)
+    assert not torch.allclose(pool["pose2d"], raw["pose2d"], atol=1e-3)
+    bad = _cfg(tmp_path, "p.json", data=data, max_steps=1, pool_size=6, init=front, train="physnet",
+               front_end_in_pool=True, eval={"data": None})
+    with pytest.raises(ValueError, match="front_end_in_pool needs train='lifter'"):
+        run_stage_main(["--stage", "2", "--config", str(bad), "--out", str(tmp_path / "p")])
+
+
 @pytest.mark.parametrize("extra", [{"pool_size": 0},
                                    {"pool_size": 6, "train": "lifter", "score_gamma": 2.0, "track_prob": 0.5,
                                     "lifter": {**TINY["lifter"], "tokens": "frame", "trajectory": True}},

@@ -59,6 +59,8 @@ DEFAULTS = {
     "corruption": {}, "severity": 1.0, "clean_fraction": 0.1, "flip_prob": 0.5,
     "score_gamma": 1.0,               # > 1: each item's 2D scores to a random power in [1/g, g] (see augment)
     "track_prob": 0.0,                # share of items seen by a camera that pans after the athlete (see augment)
+    "front_end_in_pool": False,       # train='lifter' with a pool: augment and clean each item once (see
+                                      # pool_through_front_end), not every batch; only the mirroring stays per batch
     "fuse_weight": 0.5,
     "loss": {"fused": 1.0, "noise": 1.0, "dd": 0.0, "pp": 0.0, "velocity": 0.0, "bone": 0.0, "norm": "squared",
              "denoiser_score": 0.1},
@@ -185,9 +187,25 @@ def build_pool(ds, probs: np.ndarray, size: int, seed: int, cache: Path | None =
     return pool
 
 
+def pool_through_front_end(pool: dict, denoiser: Denoiser2D, rng: np.random.Generator, cfg: dict,
+                           batch: int = 256) -> dict:
+    """The pool with each item's augmentations drawn once (clean 2D, score power, camera panning; no
+    mirroring) and its 2D replaced by the frozen front end's output, so a lifter step no longer runs the front
+    end. Mirroring can stay per batch: :func:`denoise_2d` is mirror-averaged, so cleaning a mirrored item
+    gives exactly the mirrored clean item. The price: an item's other augmentations repeat on each reuse."""
+    from tqdm.auto import tqdm
+
+    pool = augment(dict(pool), rng, cfg["clean_fraction"], 0.0, cfg["score_gamma"], cfg["track_prob"])
+    cleaned = []
+    with torch.no_grad():
+        for c in tqdm(range(0, len(pool["pose2d"]), batch), desc="front end over the pool", unit=f"x{batch}"):
+            cleaned.append(denoise_2d(denoiser.eval(), pool["pose2d"][c:c + batch]))
+    return {**pool, "pose2d": torch.cat(cleaned), "front_end_applied": torch.ones(())}
+
+
 def pool_batch(pool: dict, size: int, rng: np.random.Generator) -> dict:
     idx = torch.from_numpy(rng.integers(0, len(pool["dt"]), size))
-    return {k: v[idx] for k, v in pool.items()}
+    return {k: v[idx] for k, v in pool.items() if v.ndim}
 
 
 def augment(batch: dict, rng: np.random.Generator, clean_fraction: float, flip_prob: float,
@@ -405,6 +423,13 @@ def run(config: dict, args) -> dict:
     params = [p for m in trained[cfg["train"]] for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
+    front_end_in_pool = bool(cfg["front_end_in_pool"])
+    if front_end_in_pool:
+        if cfg["train"] != "lifter" or pool is None or denoiser is None:
+            raise ValueError("front_end_in_pool needs train='lifter', pool_size > 0 and a model with a 2D front end")
+        if "front_end_applied" not in pool:
+            pool = pool_through_front_end(pool, denoiser, np.random.default_rng([cfg["seed"], 0xF207]), cfg)
+            common.atomic_torch_save(cache, pool)
     if cfg["train"] == "physnet":  # frozen lifter: S_dd computed once per pool item
         if pool is None:
             raise ValueError("train='physnet' needs pool_size > 0 (S_dd is cached per pool item)")
@@ -417,11 +442,13 @@ def run(config: dict, args) -> dict:
         size = cfg["batch_size"] * ctx.world      # batch_size is per process
         batch = ctx.shard(pool_batch(pool, size, ctx.rng) if pool is not None
                           else draw_batch(ds, probs, size, ctx.rng, step))
-        if "s_dd" not in batch:
+        if front_end_in_pool:  # augmented and cleaned once per item: only the mirroring is left
+            batch = augment(batch, ctx.rng, 0.0, cfg["flip_prob"])
+        elif "s_dd" not in batch:
             batch = augment(batch, ctx.rng, cfg["clean_fraction"], cfg["flip_prob"], cfg["score_gamma"],
                             cfg["track_prob"])
         batch = {k: v.to(ctx.device) for k, v in batch.items()}
-        if denoiser is not None and cfg["train"] != "denoiser" and "s_dd" not in batch:  # the frozen front end
+        if denoiser is not None and cfg["train"] != "denoiser" and "s_dd" not in batch and not front_end_in_pool:
             with torch.no_grad():
                 batch["pose2d"] = denoise_2d(denoiser.eval(), batch["pose2d"])
         return losses(ctx.extra["model"], batch, (bank_2d.to(ctx.device), bank_3d.to(ctx.device)),
