@@ -279,6 +279,9 @@ def test_stage2_lifter_with_the_front_end_applied_to_the_pool_once(tmp_path, sha
                front_end_in_pool=True, eval={"data": None})
     with pytest.raises(ValueError, match="front_end_in_pool needs train='lifter'"):
         run_stage_main(["--stage", "2", "--config", str(bad), "--out", str(tmp_path / "p")])
+    with pytest.raises(ValueError, match="was cleaned by the front end"):        # resumed without the option
+        run_stage_main(["--stage", "2", "--config", str(cfg), "--out", str(tmp_path / "a"), "--resume",
+                        "--set", "front_end_in_pool=false"])
 
 
 @pytest.mark.parametrize("extra", [{"pool_size": 0},

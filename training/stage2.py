@@ -430,6 +430,9 @@ def run(config: dict, args) -> dict:
         if "front_end_applied" not in pool:
             pool = pool_through_front_end(pool, denoiser, np.random.default_rng([cfg["seed"], 0xF207]), cfg)
             common.atomic_torch_save(cache, pool)
+    elif pool is not None and "front_end_applied" in pool:
+        raise ValueError(f"{cache.name} was cleaned by the front end (front_end_in_pool); set it again or use "
+                         "another --out")
     if cfg["train"] == "physnet":  # frozen lifter: S_dd computed once per pool item
         if pool is None:
             raise ValueError("train='physnet' needs pool_size > 0 (S_dd is cached per pool item)")
