@@ -187,6 +187,9 @@ def build_pool(ds, probs: np.ndarray, size: int, seed: int, cache: Path | None =
     return pool
 
 
+FRONT_END_APPLIED = "front_end_applied"     # the mark of a pool cleaned by pool_through_front_end
+
+
 def pool_through_front_end(pool: dict, denoiser: Denoiser2D, rng: np.random.Generator, cfg: dict,
                            batch: int = 256) -> dict:
     """The pool with each item's augmentations drawn once (clean 2D, score power, camera panning; no
@@ -200,12 +203,12 @@ def pool_through_front_end(pool: dict, denoiser: Denoiser2D, rng: np.random.Gene
     with torch.no_grad():
         for c in tqdm(range(0, len(pool["pose2d"]), batch), desc="front end over the pool", unit=f"x{batch}"):
             cleaned.append(denoise_2d(denoiser.eval(), pool["pose2d"][c:c + batch]))
-    return {**pool, "pose2d": torch.cat(cleaned), "front_end_applied": torch.ones(())}
+    return {**pool, "pose2d": torch.cat(cleaned), FRONT_END_APPLIED: torch.ones(())}
 
 
 def pool_batch(pool: dict, size: int, rng: np.random.Generator) -> dict:
     idx = torch.from_numpy(rng.integers(0, len(pool["dt"]), size))
-    return {k: v[idx] for k, v in pool.items() if v.ndim}
+    return {k: v[idx] for k, v in pool.items() if k != FRONT_END_APPLIED}
 
 
 def augment(batch: dict, rng: np.random.Generator, clean_fraction: float, flip_prob: float,
@@ -427,10 +430,10 @@ def run(config: dict, args) -> dict:
     if front_end_in_pool:
         if cfg["train"] != "lifter" or pool is None or denoiser is None:
             raise ValueError("front_end_in_pool needs train='lifter', pool_size > 0 and a model with a 2D front end")
-        if "front_end_applied" not in pool:
+        if FRONT_END_APPLIED not in pool:
             pool = pool_through_front_end(pool, denoiser, np.random.default_rng([cfg["seed"], 0xF207]), cfg)
             common.atomic_torch_save(cache, pool)
-    elif pool is not None and "front_end_applied" in pool:
+    elif pool is not None and FRONT_END_APPLIED in pool:
         raise ValueError(f"{cache.name} was cleaned by the front end (front_end_in_pool); set it again or use "
                          "another --out")
     if cfg["train"] == "physnet":  # frozen lifter: S_dd computed once per pool item

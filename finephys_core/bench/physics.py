@@ -245,10 +245,10 @@ def oracle_corrections(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray
     from ..camera import bone_vectors, constant_bone_lengths, joints_from_bones
 
     p, g = torch.from_numpy(np.asarray(pred, np.float64)), torch.from_numpy(np.asarray(gt, np.float64))
-    true_len = bone_vectors(g).norm(dim=-1).mean(0)
-    bones = bone_vectors(p)
+    bones, true_bones = bone_vectors(p), bone_vectors(g)
+    true_len = true_bones.norm(dim=-1).mean(0)
     flipped = bones.clone()
-    flipped[..., 2] = torch.where(torch.sign(bones[..., 2]) != torch.sign(bone_vectors(g)[..., 2]),
+    flipped[..., 2] = torch.where(torch.sign(bones[..., 2]) != torch.sign(true_bones[..., 2]),
                                   -bones[..., 2], bones[..., 2])
     as_one_pose = lambda x: np.asarray(x, np.float64).reshape(1, -1, 3)  # noqa: E731  (the clip as one point set)
     clip_aligned = lambda align: align(as_one_pose(pred), as_one_pose(gt)).reshape(np.shape(pred))  # noqa: E731
