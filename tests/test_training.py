@@ -406,6 +406,40 @@ def test_physics_bench_last_line_is_json(tmp_path, capsys):
             assert budget[fps][m]["mpjpe"] == pytest.approx(last["results"][fps][m]["mpjpe"], rel=1e-6)
 
 
+def test_physics_bench_paired_difference(tmp_path, capsys):
+    """--baseline: the paired per-clip differences average to the difference of the two tables, and the
+    bootstrap interval holds the mean; weights against themselves differ by exactly nothing."""
+    from finephys_core.bench import physics as bench
+    from finephys_core.lifting import LifterConfig
+    from finephys_core.physics import PhysNetConfig
+    from finephys_core.pose_model import random_pose_model, save_pose_model
+    paths = []
+    for seed in (0, 1):
+        model = random_pose_model(LifterConfig(**TINY["lifter"]), PhysNetConfig(**TINY["physnet"]), seed=seed)
+        paths.append(str(save_pose_model(model, tmp_path / f"tiny{seed}.safetensors")))
+    tables = []
+    for path in paths:
+        assert bench.main(["--weights", path, "--max-clips", "2"]) == 0
+        tables.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"])
+    assert bench.main(["--weights", paths[0], "--baseline", paths[1], "--max-clips", "2"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    paired = json.loads(out[-1])["paired"]
+    assert set(paired) == {"25", "50", "all"} and paired["all"]["clips"] == 4
+    for fps in ("25", "50"):
+        for m in bench.PAIRED_METHODS:
+            r = paired[fps][m]
+            assert r["diff"] == pytest.approx(tables[0][fps][m]["mpjpe"] - tables[1][fps][m]["mpjpe"], abs=1e-6)
+            assert r["low"] - 1e-9 <= r["diff"] <= r["high"] + 1e-9 and 0.0 <= r["better_share"] <= 1.0
+    assert any(paired["all"][m]["diff"] != 0 for m in bench.PAIRED_METHODS)   # two random models differ
+
+    clips = [c for c in bench.load_heldout() if int(round(float(c["fps"]))) == 25][:1]
+    model = random_pose_model(LifterConfig(**TINY["lifter"]), PhysNetConfig(**TINY["physnet"]))
+    same = bench.paired_difference(model, model, clips, fps_list=(25,), resamples=50)
+    assert set(same) == {"25", "all"}
+    assert all(same["25"][m] == {"diff": 0.0, "low": 0.0, "high": 0.0, "better_share": 0.0}
+               for m in bench.PAIRED_METHODS)
+
+
 def test_oracle_corrections_remove_exactly_their_error():
     from finephys_core.bench import physics as bench
     from finephys_core.camera import bone_vectors, constant_bone_lengths, joints_from_bones

@@ -14,7 +14,10 @@ MPJPE, N-MPJPE, PA-MPJPE, MPJVE, acceleration error, bone-length std and jitter 
 frame), and the ground truth's own bone std and jitter; the targets for fused and for fused+fit2d. Last
 line: JSON. ``--error-spectrum`` prints instead where S_dd's error lies in time frequency and the oracle
 bounds that sets on smoothing (:func:`error_spectrum`); ``--error-budget`` what each kind of error costs
-(:func:`error_budget`).
+(:func:`error_budget`); ``--baseline W`` whether ``--weights`` beat the weights W on these clips, beyond the
+clips' spread (:func:`paired_difference`). The shipped set's 24 clips per rate tell weights apart only by a
+couple of mm; ``--make-heldout --motions 120 --data FILE`` makes a larger one (its first 24 motions are
+the shipped set's), which ``--data FILE`` then evaluates.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ METHODS = ("dd", "pp", "fused", "fused+fit2d", "fused_free", "dd+savgol", "dd+on
 SPECTRUM_CUTOFFS = (0.5, 1.0, 2.0, 4.0, 8.0)                   # Hz, for --error-spectrum
 ORACLES = ("clip_scale", "clip_similarity", "true_proportions", "true_bone_lengths", "depth_signs")
 BUDGET_METHODS = ("dd", "fused+fit2d")                          # for --error-budget
+PAIRED_METHODS = ("dd", "fused", "fused+fit2d")                 # for --baseline
 FIELDS = ("mpjpe", "n_mpjpe", "pa_mpjpe", "mpjve", "accel_error", "bone_std", "jitter")
 
 
@@ -294,6 +298,49 @@ def format_budget(budget: dict, methods=BUDGET_METHODS) -> str:
     return "\n".join(lines)
 
 
+def paired_difference(model, baseline, clips: list[dict], fps_list=BENCH_FPS, methods=PAIRED_METHODS,
+                      resamples: int = 2000, seed: int = 0) -> dict:
+    """Is ``model`` better than ``baseline`` beyond what these clips can tell? Per fps and over all clips
+    ('all'), per method: ``diff`` the frame-weighted mean of the per-clip MPJPE difference model − baseline
+    (mm; negative = ``model`` better), ``low`` / ``high`` its 95 % bootstrap interval (clips resampled
+    ``resamples`` times, fixed ``seed``), ``better_share`` the share of clips where ``model`` is better. A few
+    dozen clips leave an interval of ±1–2 mm: differences inside it are the clips, not the weights."""
+    per_fps: dict = {}
+    for fps in fps_list:
+        rows = [(len(gt), {m: metrics.mpjpe(outs[m], gt) * 1000 for m in methods})
+                for gt, outs in outputs_at(model, clips, fps)]
+        base = [{m: metrics.mpjpe(outs[m], gt) * 1000 for m in methods} for gt, outs in outputs_at(baseline, clips, fps)]
+        if rows:
+            per_fps[str(fps)] = [(n, {m: r[m] - b[m] for m in methods}) for (n, r), b in zip(rows, base)]
+    per_fps["all"] = [row for rows in per_fps.values() for row in rows]
+    rng = np.random.default_rng(seed)
+    result: dict = {}
+    for key, rows in per_fps.items():
+        if not rows:
+            continue
+        n = np.array([w for w, _ in rows], np.float64)
+        picks = rng.integers(0, len(rows), (resamples, len(rows)))
+        result[key] = {"clips": len(rows)}
+        for m in methods:
+            d = np.array([r[m] for _, r in rows])
+            boot = (d[picks] * n[picks]).sum(1) / n[picks].sum(1)
+            result[key][m] = {"diff": float(np.average(d, weights=n)), "low": float(np.percentile(boot, 2.5)),
+                              "high": float(np.percentile(boot, 97.5)), "better_share": float((d < 0).mean())}
+    return result
+
+
+def format_paired(paired: dict, methods=PAIRED_METHODS) -> str:
+    lines = ["\nMPJPE of --weights minus --baseline (mm; negative = --weights better): frame-weighted mean "
+             "[95 % bootstrap interval over clips], share of clips better",
+             f"{'':<20}" + "".join(f"{m:>34}" for m in methods)]
+    for key, r in paired.items():
+        label = f"{key} fps" if key != "all" else "all"
+        lines.append(f"{label + ', ' + str(r['clips']) + ' clips':<20}" + "".join(
+            f"{r[m]['diff']:>+10.2f} [{r[m]['low']:+.2f}, {r[m]['high']:+.2f}] {r[m]['better_share']:>5.0%}"
+            .rjust(34) for m in methods))
+    return "\n".join(lines)
+
+
 def tune_one_euro(model, clips: list[dict], min_cutoffs=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
                   betas=(0.0, 0.3, 1.0, 3.0, 10.0), jitter_ratio: float = 0.5) -> dict:
     """Grid-search the one-euro parameters on ``clips`` (training-side validation clips, never the held-out
@@ -373,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--track", type=float, default=0.0, metavar="F",
                     help="a camera panning after the athlete: take the share F (0-1) of the pelvis's travel across "
                          "the image out of the detections; 0 = the static cameras as stored")
+    ap.add_argument("--baseline", metavar="WEIGHTS",
+                    help="instead of the table: the per-clip MPJPE difference of --weights against these weights "
+                         "('default': the shipped ones), with its bootstrap interval over clips, and exit")
     ap.add_argument("--tune-one-euro", metavar="SHARDS",
                     help="grid-search the one-euro parameters on a synthetic shard folder (validation) and exit")
     args = ap.parse_args(argv)
@@ -414,6 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         spectrum = error_spectrum(model, clips)
         print(format_spectrum(spectrum))
         print(json.dumps({"weights": args.weights or "default", "error_spectrum": spectrum}))
+        return 0
+    if args.baseline:
+        baseline = default_pose_model() if args.baseline == "default" else load_pose_model(args.baseline)
+        paired = paired_difference(model, baseline, clips)
+        print(format_paired(paired))
+        print(json.dumps({"weights": args.weights or "default", "baseline": args.baseline, "paired": paired}))
         return 0
     if args.error_budget:
         budget = error_budget(model, clips)
