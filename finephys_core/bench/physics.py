@@ -15,8 +15,8 @@ frame), and the ground truth's own bone std and jitter; the targets for fused an
 line: JSON. ``--error-spectrum`` prints instead where S_dd's error lies in time frequency and the oracle
 bounds that sets on smoothing (:func:`error_spectrum`); ``--error-budget`` what each kind of error costs
 (:func:`error_budget`); ``--baseline W`` whether ``--weights`` beat the weights W on these clips, beyond the
-clips' spread (:func:`paired_difference`). The shipped set's 24 clips per rate tell weights apart only by a
-couple of mm; ``--make-heldout --motions 120 --data FILE`` makes a larger one (its first 24 motions are
+clips' spread (:func:`paired_difference`). The shipped set's 24 clips per rate tell weights apart only to
+about ±3 mm; ``--make-heldout --motions 120 --data FILE`` makes a larger one (its first 24 motions are
 the shipped set's), which ``--data FILE`` then evaluates.
 """
 from __future__ import annotations
@@ -306,11 +306,14 @@ def paired_difference(model, baseline, clips: list[dict], fps_list=BENCH_FPS, me
     ``resamples`` times, fixed ``seed``), ``better_share`` the share of clips where ``model`` is better. The
     shipped set's 24 clips per rate leave an interval of about ±3 mm, 120 clips ±1.2 mm (v19 against v15):
     differences inside it are the clips, not the weights."""
+    def errors(weights, fps):
+        return [(len(gt), {m: metrics.mpjpe(outs[m], gt) * 1000 for m in methods})
+                for gt, outs in outputs_at(weights, clips, fps)]
+
     per_fps: dict = {}
     for fps in fps_list:
-        errors = lambda weights: [(len(gt), {m: metrics.mpjpe(outs[m], gt) * 1000 for m in methods})  # noqa: E731
-                                  for gt, outs in outputs_at(weights, clips, fps)]
-        rows = [(n, {m: r[m] - b[m] for m in methods}) for (n, r), (_, b) in zip(errors(model), errors(baseline))]
+        rows = [(n, {m: r[m] - b[m] for m in methods})
+                for (n, r), (_, b) in zip(errors(model, fps), errors(baseline, fps))]
         if rows:
             per_fps[str(fps)] = rows
     per_fps["all"] = [row for rows in per_fps.values() for row in rows]
