@@ -440,6 +440,58 @@ def test_physics_bench_paired_difference(tmp_path, capsys):
                for m in bench.PAIRED_METHODS)
 
 
+def test_make_heldout_is_reproducible_and_benchmarkable(tmp_path, capsys):
+    """--make-heldout: one motion per seed at every bench rate, through held-out cameras, detections corrupted;
+    the same file again from the same seed, and `bench physics --data` evaluates it."""
+    pytest.importorskip("mujoco")
+    pytest.importorskip("dm_control")
+    from finephys_core.bench import physics as bench
+    from finephys_core.lifting import LifterConfig
+    from finephys_core.physics import PhysNetConfig
+    from finephys_core.pose_model import random_pose_model, save_pose_model
+    with pytest.raises(SystemExit, match="frozen"):                                  # never over the shipped file
+        bench.main(["--make-heldout"])
+    assert bench.main(["--make-heldout", "--motions", "2", "--data", str(tmp_path / "h0.npz")]) == 0
+    made = [bench.load_heldout(p) for p in (tmp_path / "h0.npz", bench.make_heldout(tmp_path / "h1.npz", motions=2))]
+    assert [float(c["fps"]) for c in made[0]] == list(bench.BENCH_FPS) * 2
+    assert [int(c["seed"]) for c in made[0]] == [bench.HELDOUT_SEED] * 2 + [bench.HELDOUT_SEED + 1] * 2
+    assert [int(c["class_id"]) for c in made[0]] == [0, 0, 1, 1]                 # classes in turn
+    for a, b in zip(*made):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+        seen = a["det_scores"] > 0
+        assert not np.allclose(a["det_keypoints"][seen], a["keypoints_2d"][seen])  # detections corrupted
+    weights = save_pose_model(random_pose_model(LifterConfig(**TINY["lifter"]), PhysNetConfig(**TINY["physnet"])),
+                              tmp_path / "tiny.safetensors")
+    assert bench.main(["--weights", str(weights), "--data", str(tmp_path / "h0.npz")]) == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    assert set(results) == {str(f) for f in bench.BENCH_FPS}
+
+
+def test_physics_bench_detections_off_the_training_noise():
+    """--detections: severity 1 gives back the shipped detections, 'clean' the truth, 'jitter:σ' the truth plus
+    noise of about σ × the image height and nothing else; a mode it does not know is refused by name."""
+    from finephys_core.bench import physics as bench
+    clips = bench.load_heldout()[:4]
+    for i, c in enumerate(clips):
+        again = bench.redetect(c, i, "severity:1")
+        assert np.array_equal(again["det_keypoints"], c["det_keypoints"])
+        assert np.array_equal(again["det_scores"], c["det_scores"])
+        assert bench.redetect(c, i, "stored") is c
+        clean = bench.redetect(c, i, "clean")
+        np.testing.assert_allclose(clean["det_keypoints"], c["keypoints_2d"], atol=1e-3)
+        assert (clean["det_scores"] == 1).all()
+        jitter = bench.redetect(c, i, "jitter:0.02")
+        noise = jitter["det_keypoints"] - c["keypoints_2d"]
+        assert np.std(noise) == pytest.approx(0.02 * c["image_size"][1], rel=0.1)
+        assert (jitter["det_scores"] == np.float32(0.9)).all()
+        assert not np.array_equal(bench.redetect(c, i, "severity:2")["det_keypoints"], c["det_keypoints"])
+    for bad in ("noisy", "jitter", "jitter:-1", "severity:x", "clean:1"):
+        with pytest.raises(ValueError, match="detections must be"):
+            bench.redetect(clips[0], 0, bad)
+    with pytest.raises(SystemExit, match="detections must be"):
+        bench.main(["--detections", "noisy", "--max-clips", "1"])
+
+
 def test_oracle_corrections_remove_exactly_their_error():
     from finephys_core.bench import physics as bench
     from finephys_core.camera import bone_vectors, constant_bone_lengths, joints_from_bones

@@ -347,6 +347,8 @@ def denoiser_losses(out: torch.Tensor, batch: dict, mask: torch.Tensor, cfg: dic
 def lift_pool(model: PoseModel, pool: dict, windows: int, batch: int = 64) -> torch.Tensor:
     """S_dd (N, n·W, 17, 3) of every pool item with a frozen lifter, lifted as inference lifts (through the
     model's 2D front end, nearest prompts, mirror-averaged: ``refine.lift_pose``'s default)."""
+    from tqdm.auto import tqdm
+
     stack = PoseStack(model.lifter, model.physnet).eval()
 
     def lift(q):
@@ -354,7 +356,7 @@ def lift_pool(model: PoseModel, pool: dict, windows: int, batch: int = 64) -> to
         return stack.lift(p2d, p3d, q, model.mean_prior, windows)
     with torch.no_grad():
         return torch.cat([mirror_averaged(lift, model.clean_2d(pool["pose2d"][c:c + batch]))
-                          for c in range(0, len(pool["dt"]), batch)])
+                          for c in tqdm(range(0, len(pool["dt"]), batch), desc="lifting the pool", unit=f"x{batch}")])
 
 
 # ------------------------------------------------------------------------------------------------- stage

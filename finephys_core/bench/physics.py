@@ -3,8 +3,10 @@
 Held-out synthetic set: physics-exact motions (training/synth.py) with seeds and cameras never used in
 training (``HELDOUT_SEED``, synth's "heldout" camera set), each seen at 25 and 50 fps; the 2D is corrupted
 by the detector-noise model (training/corruption.py, fixed seed). The set, clean and corrupted 2D included,
-is shipped as ``finephys_core/data/physics_heldout.npz`` (made by ``--make-heldout``, which needs the
-training extras: mujoco + dm_control), so the benchmark itself needs only the pack.
+is shipped as ``finephys_core/data/physics_heldout.npz``, so the benchmark itself needs only the pack. The file
+is frozen: ``--make-heldout`` (which needs the training extras: mujoco + dm_control) made it when the
+simulator was younger (commit 23187d8); the simulator has changed since, so the same seeds now give other
+motions, and keeping the file keeps every version's figures comparable.
 
 Per frame rate and method — S_dd (raw detections through LiftICL3D: the model's 2D front end, if any, and
 the lifter), S_pp (PhysNet), fused (the library's default:
@@ -12,17 +14,20 @@ constant bone lengths), fused+fit2d (that fitted to the 2D, the nodes' and CLI's
 paper's plain mean), S_dd + Savitzky–Golay (7, 2), S_dd + one-euro —
 MPJPE, N-MPJPE, PA-MPJPE, MPJVE, acceleration error, bone-length std and jitter (mm; derivatives per
 frame), and the ground truth's own bone std and jitter; the targets for fused and for fused+fit2d. Last
-line: JSON. ``--error-spectrum`` prints instead where S_dd's error lies in time frequency and the oracle
+line: JSON. ``--score-power``, ``--zoom``, ``--track`` and ``--detections`` change what the weights see
+(:func:`redetect`: clean, jittered or more or less corrupted 2D), to measure how they fare off their
+training noise. ``--error-spectrum`` prints instead where S_dd's error lies in time frequency and the oracle
 bounds that sets on smoothing (:func:`error_spectrum`); ``--error-budget`` what each kind of error costs
 (:func:`error_budget`); ``--baseline W`` whether ``--weights`` beat the weights W on these clips, beyond the
 clips' spread (:func:`paired_difference`). The shipped set's 24 clips per rate tell weights apart only to
-about ±3 mm; ``--make-heldout --motions 120 --data FILE`` makes a larger one (its first 24 motions are
-the shipped set's), which ``--data FILE`` then evaluates.
+about ±3 mm; ``--make-heldout --motions 120 --data FILE`` makes a larger one with today's simulator (same
+seeds and cameras, other motions than the frozen file's), which ``--data FILE`` then evaluates.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -48,14 +53,16 @@ FIELDS = ("mpjpe", "n_mpjpe", "pa_mpjpe", "mpjve", "accel_error", "bone_std", "j
 
 # ----------------------------------------------------------------------------------------- held-out set
 
-def make_heldout(path: Path = HELDOUT_PATH, motions: int = 24, seed: int = HELDOUT_SEED, workers: int = 1) -> Path:
+def make_heldout(path: Path = HELDOUT_PATH, motions: int = 24, seed: int = HELDOUT_SEED) -> Path:
     """Simulate ``motions`` motions (classes in turn) and render each at every BENCH_FPS through its own
     held-out camera; write flat arrays (clips concatenated along time, ``offsets`` delimit them)."""
+    from tqdm import tqdm
+
     from training import synth
 
     cfg = synth.SynthConfig(camera=synth.CAMERA_SETS["heldout"])
     clips = []
-    for i in range(motions):
+    for i in tqdm(range(motions), desc="simulating", unit="motion", file=sys.stderr):
         sim = synth.simulate_motion(seed + i, synth.CLASSES[i % len(synth.CLASSES)], cfg)
         rng = np.random.default_rng([seed + i, 0xBE7C])
         clips += [synth.render_view(sim, rng, fps, cfg.camera) for fps in BENCH_FPS]
@@ -93,12 +100,37 @@ def load_heldout(path: Path = HELDOUT_PATH) -> list[dict]:
     return clips
 
 
-def corrupt_clip(clip: dict, index: int) -> tuple[np.ndarray, np.ndarray]:
+def corrupt_clip(clip: dict, index: int, severity: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """The clip's 2D through the detector-noise model, seeded by (CORRUPTION_SEED, clip index)."""
     from training.corruption import corrupt_2d
 
     rng = np.random.default_rng([CORRUPTION_SEED, index])
-    return corrupt_2d(clip["keypoints_2d"], None, clip["image_size"], rng, fps=float(clip["fps"]))
+    return corrupt_2d(clip["keypoints_2d"], None, clip["image_size"], rng, severity, fps=float(clip["fps"]))
+
+
+def redetect(clip: dict, index: int, detections: str) -> dict:
+    """The clip (``index``-th of its set) with other detections, to see how the weights fare off the noise
+    they were trained on: 'stored' as is; 'clean' the true 2D, score 1; 'jitter:σ' the true 2D plus Gaussian
+    noise of σ × the image height, score 0.9, nothing else wrong; 'severity:s' the detector-noise model at
+    severity s (1 gives back the stored detections)."""
+    kind, _, value = detections.partition(":")
+    kp = clip["keypoints_2d"].astype(np.float64)
+    if kind == "stored" and not value:
+        return clip
+    if kind == "clean" and not value:
+        return {**clip, "det_keypoints": kp.astype(np.float32), "det_scores": np.ones(kp.shape[:2], np.float32)}
+    try:
+        amount = float(value)
+    except ValueError:
+        amount = -1.0
+    if kind == "jitter" and amount >= 0:
+        noise = np.random.default_rng([CORRUPTION_SEED, index]).normal(0.0, amount * clip["image_size"][1], kp.shape)
+        return {**clip, "det_keypoints": (kp + noise).astype(np.float32),
+                "det_scores": np.full(kp.shape[:2], 0.9, np.float32)}
+    if kind == "severity" and amount >= 0:
+        det_keypoints, det_scores = corrupt_clip(clip, index, amount)
+        return {**clip, "det_keypoints": det_keypoints, "det_scores": det_scores}
+    raise ValueError(f"detections must be 'stored', 'clean', 'jitter:σ' or 'severity:s' (σ, s ≥ 0); got {detections!r}")
 
 
 def zoom_detections(clip: dict, zoom: float) -> dict:
@@ -407,9 +439,10 @@ def targets(result: dict, method: str = "fused") -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m finephys_core.bench physics", description=__doc__.split("\n")[0])
     ap.add_argument("--weights", help="pose model .safetensors (default: the shipped default weights)")
-    ap.add_argument("--data", default=str(HELDOUT_PATH), help="held-out set .npz")
+    ap.add_argument("--data", default=None, help="held-out set .npz (default: the shipped, frozen one)")
     ap.add_argument("--max-clips", type=int, default=None, help="evaluate only the first N clips per fps")
-    ap.add_argument("--make-heldout", action="store_true", help="(re)generate the held-out set and exit")
+    ap.add_argument("--make-heldout", action="store_true",
+                    help="simulate a new held-out set into --data (not the shipped, frozen file) and exit")
     ap.add_argument("--motions", type=int, default=24, help="with --make-heldout: number of motions")
     ap.add_argument("--error-spectrum", action="store_true",
                     help="instead of the table: where S_dd's error lies in time frequency (oracle bounds) and exit")
@@ -424,6 +457,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--track", type=float, default=0.0, metavar="F",
                     help="a camera panning after the athlete: take the share F (0-1) of the pelvis's travel across "
                          "the image out of the detections; 0 = the static cameras as stored")
+    ap.add_argument("--detections", default="stored", metavar="MODE",
+                    help="the 2D the weights see: 'stored' (the set's corrupted detections), 'clean' (the true 2D), "
+                         "'jitter:S' (true 2D + Gaussian noise of S x the image height, e.g. jitter:0.015) or "
+                         "'severity:S' (the detector-noise model at severity S; 1 = stored)")
     ap.add_argument("--baseline", metavar="WEIGHTS",
                     help="instead of the table: the per-clip MPJPE difference of --weights against these weights "
                          "('default': the shipped ones), with its bootstrap interval over clips, and exit")
@@ -437,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.track <= 1:
         raise SystemExit(f"--track must be between 0 and 1; got {args.track}")
     if args.make_heldout:
+        if args.data is None or Path(args.data).resolve() == HELDOUT_PATH.resolve():
+            raise SystemExit(f"--make-heldout writes a new set: give --data FILE; the shipped {HELDOUT_PATH.name} is "
+                             "frozen (today's simulator makes other motions from its seeds)")
         t0 = time.time()
         path = make_heldout(Path(args.data), args.motions)
         print(json.dumps({"heldout": str(path), "motions": args.motions, "seconds": round(time.time() - t0, 1)}))
@@ -453,7 +493,10 @@ def main(argv: list[str] | None = None) -> int:
         best = tune_one_euro(model, clips_from_shards(args.tune_one_euro, args.max_clips))
         print(json.dumps({"one_euro": best}))
         return 0
-    clips = load_heldout(Path(args.data))
+    try:
+        clips = [redetect(c, i, args.detections) for i, c in enumerate(load_heldout(Path(args.data or HELDOUT_PATH)))]
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     if args.max_clips:
         keep, seen = [], {}
         for c in clips:
@@ -489,6 +532,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"{t['fused_over_best_filter']:.3f} (≤ 0.90), bone std {t['fused_bone_std_mm']:.1f} mm (≤ 10), "
                   f"MPJPE {t['fused_mpjpe_mm']:.1f} mm (≤ 60): {'PASS' if t['pass'] else 'FAIL'}")
     print(json.dumps({"weights": args.weights or "default", "score_power": args.score_power, "zoom": args.zoom,
-                      "track": args.track, "results": result,
+                      "track": args.track, "detections": args.detections, "results": result,
                       "targets": tg, "targets_fit2d": tg_fit, "seconds": round(time.time() - t0, 1)}))
     return 0
