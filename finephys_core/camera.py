@@ -59,6 +59,7 @@ class Perspective(NamedTuple):
 # (held-out best at 0.6 by 0.07 mm); v12 77.54 / 77.49 / 77.48 / 77.53 (held-out 84.45 / 84.44 / 84.49 / 84.57);
 # v13 76.68 / 76.67 / 76.71 / 76.84 (held-out 80.18 / 80.17 / 80.25 / 80.41); v15 (shipped) 58.32 / 58.13 /
 # 58.02 / 57.99, with the 2D fit 57.60 / 57.41 / 57.26 / 57.17: flat within 0.1 mm, so the default stays 0.7.
+# v19, fused + fit on 240 clips of 120 held-out-type motions, 0.5–0.9: 51.07 / 50.98 / 50.93 / 50.90 / 50.90.
 DEFAULT_FUSE_WEIGHT = 0.7
 
 # Iterations of the test-time fit of Ŝ to the detected 2D (:func:`fit_to_keypoints`) where users run the
@@ -68,7 +69,8 @@ DEFAULT_FIT_2D_ITERS = 150
 
 # Weight of the fit's pull towards the fused pose (metres², per joint and frame). Chosen on validation:
 # v11–v13 were best at 0.5 (between 0.3 and 1); v15, whose lift is far better, at 1.0 (fused + fit 57.26 mm at
-# 0.5, 56.85 at 1.0, 57.06 at 2.0; held-out 58.30 / 56.86 → 57.57 / 56.66 at 25 / 50 fps).
+# 0.5, 56.85 at 1.0, 57.06 at 2.0; held-out 58.30 / 56.86 → 57.57 / 56.66 at 25 / 50 fps); v19 on 240 clips of
+# 120 held-out-type motions 50.83 / 50.93 / 51.28 at 0.5 / 1 / 2.
 DEFAULT_FIT_PRIOR = 1.0
 
 # Weight of the 2D fit's penalty on frame-to-frame changes of the log weak-perspective scale. Its own scale
