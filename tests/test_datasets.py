@@ -193,6 +193,32 @@ def test_synth_windows_geometry_and_corruption(tmp_path):
     assert not torch.allclose(c1[1]["pose2d"], before)
 
 
+def test_severity_range_draws_each_items_strength(tmp_path):
+    """severity (low, high): each item corrupted at its own strength from the range, as strong as the fixed
+    severities at its ends on average; a fixed severity keeps its items as before; nonsense is refused."""
+    path, _ = _fake_synth_shard(tmp_path)
+    src = ds.SynthSource(path)
+
+    def mean_error(severity, epochs=12):
+        data = ds.ClipWindows([src], window=16, corruption=CorruptionConfig(), camera_aug=False, seed=5,
+                              severity=severity)
+        errors = []
+        for epoch in range(epochs):
+            data.set_epoch(epoch)
+            for i in range(len(data)):
+                item = data[i]
+                errors.append(float((item["pose2d"][..., :2] - item["pose2d_clean"][..., :2]).norm(dim=-1).mean()))
+        return np.mean(errors)
+    weak, strong, ranged = mean_error(0.3), mean_error(3.0), mean_error((0.3, 3.0))
+    assert weak < ranged < strong
+    fixed = ds.ClipWindows([src], window=16, corruption=CorruptionConfig(), camera_aug=False, seed=5, severity=1)
+    again = ds.ClipWindows([src], window=16, corruption=CorruptionConfig(), camera_aug=False, seed=5)
+    torch.testing.assert_close(fixed[1]["pose2d"], again[1]["pose2d"])
+    for bad in (-1.0, [2.0, 1.0], [0.0, 1.0], [1.0], "1", True):
+        with pytest.raises(ValueError, match="severity must be"):
+            ds.ClipWindows([src], window=16, severity=bad)
+
+
 def test_short_clips_are_padded_and_marked(tmp_path):
     np.savez(tmp_path / "short.npz", joints=_walker(10, np.random.default_rng(2)), fps=25.0)
     data = ds.ClipWindows([ds.AMASSSource(tmp_path / "short.npz")], window=16)

@@ -234,6 +234,17 @@ class FineGymSource:
 # ----------------------------------------------------------------------------- windows
 
 
+def check_severity(severity) -> float | tuple[float, float]:
+    """A corruption severity ≥ 0, or a range [low, high] with 0 < low ≤ high, as :class:`ClipWindows` takes it."""
+    if isinstance(severity, (int, float)) and not isinstance(severity, bool) and severity >= 0:
+        return float(severity)
+    if (isinstance(severity, (list, tuple)) and len(severity) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in severity)
+            and 0 < severity[0] <= severity[1]):
+        return (float(severity[0]), float(severity[1]))
+    raise ValueError(f"severity must be a number ≥ 0 or a range [low, high] with 0 < low ≤ high; got {severity!r}")
+
+
 class ClipWindows(Dataset):
     """Fixed-length windows over clips from several sources, as training dicts of tensors.
 
@@ -250,7 +261,9 @@ class ClipWindows(Dataset):
         sources: objects with a ``clips`` list (the Source classes above).
         window: frames per item; stride: step between window starts (default window // 2).
         fps_resample: target fps; clips are subsampled by the nearest integer stride (never upsampled).
-        corruption: a CorruptionConfig to corrupt clean 2D, or None. severity: its strength.
+        corruption: a CorruptionConfig to corrupt clean 2D, or None. severity: its strength, or a range
+            (low, high) from which each item draws its own, log-uniformly (detectors better and worse than
+            the corruption model's; a fixed severity draws nothing, so its items stay as they were).
         camera_aug: re-view clips that have world joints and no detections through a fresh random camera
             each time (synthetic, H36M without a detection file, AMASS); AMASS always needs it (no camera).
         camera: the ranges those random cameras are drawn from (default: synth's training cameras).
@@ -258,12 +271,13 @@ class ClipWindows(Dataset):
     """
 
     def __init__(self, sources, window: int = 16, stride: int | None = None, fps_resample: float | None = None,
-                 corruption: CorruptionConfig | None = None, camera_aug: bool = True, severity: float = 1.0,
+                 corruption: CorruptionConfig | None = None, camera_aug: bool = True,
+                 severity: float | tuple[float, float] = 1.0,
                  seed: int = 0, camera: CameraConfig | None = None):
         if window < 2:
             raise ValueError(f"window must be at least 2 frames; got {window}")
         self.window, self.stride = window, stride or max(window // 2, 1)
-        self.fps_resample, self.corruption, self.severity = fps_resample, corruption, severity
+        self.fps_resample, self.corruption, self.severity = fps_resample, corruption, check_severity(severity)
         self.camera_aug, self.seed, self.epoch = camera_aug, seed, 0
         self.camera = camera or CameraConfig()
         self.clips: list[Clip] = [c for s in sources for c in s.clips]
@@ -301,7 +315,9 @@ class ClipWindows(Dataset):
         has_3d = j3d is not None
         clean = normalize_screen(kp, np.ones(kp.shape[:2]) if scores is None else scores, size)
         if self.corruption is not None and not clip.detected:
-            kp, scores = corrupt_2d(kp, scores, size, rng, self.severity, fps, self.corruption)
+            severity = (self.severity if isinstance(self.severity, float)
+                        else float(np.exp(rng.uniform(*np.log(self.severity)))))
+            kp, scores = corrupt_2d(kp, scores, size, rng, severity, fps, self.corruption)
         if scores is None:
             scores = np.ones(kp.shape[:2], np.float32)
         flight = clip.flight[frames] if clip.flight is not None else np.zeros(self.window, bool)
