@@ -194,8 +194,8 @@ def test_synth_windows_geometry_and_corruption(tmp_path):
 
 
 def test_severity_range_draws_each_items_strength(tmp_path):
-    """severity (low, high): each item corrupted at its own strength from the range, as strong as the fixed
-    severities at its ends on average; a fixed severity keeps its items as before; nonsense is refused."""
+    """severity (low, high): each item corrupted at its own strength from the range, so on average between
+    the fixed severities at its ends; a fixed severity keeps its items as before; nonsense is refused."""
     path, _ = _fake_synth_shard(tmp_path)
     src = ds.SynthSource(path)
 
