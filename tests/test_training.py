@@ -268,8 +268,10 @@ def test_stage2_lifter_with_the_front_end_applied_to_the_pool_once(tmp_path, sha
     b, _ = common.load_checkpoint(tmp_path / "b" / "ckpt-00000004.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    pool = torch.load(tmp_path / "a" / "pool-6-0.pt")
-    raw = torch.load(tmp_path / "d" / "pool-6-0.pt")          # the same items, before augmenting and cleaning
+    [pool_file] = (tmp_path / "a").glob("pool-6-0-*.pt")
+    pool = torch.load(pool_file)
+    [raw_file] = (tmp_path / "d").glob("pool-6-0-*.pt")
+    raw = torch.load(raw_file)                                 # the same items, before augmenting and cleaning
     again = augment(dict(raw), np.random.default_rng([0, 0xF207]), 0.5, 0.0, 2.0, 0.5)
     with torch.no_grad():
         cleaned = denoise_2d(load_pose_model(front).denoiser.eval(), again["pose2d"])
@@ -279,9 +281,15 @@ def test_stage2_lifter_with_the_front_end_applied_to_the_pool_once(tmp_path, sha
                front_end_in_pool=True, eval={"data": None})
     with pytest.raises(ValueError, match="front_end_in_pool needs train='lifter'"):
         run_stage_main(["--stage", "2", "--config", str(bad), "--out", str(tmp_path / "p")])
-    with pytest.raises(ValueError, match="was cleaned by the front end"):        # resumed without the option
+    # resumed without the option, or with other data settings, in the same folder: a pool of its own, not the old one
+    for change in ("front_end_in_pool=false", "severity=2.0"):
         run_stage_main(["--stage", "2", "--config", str(cfg), "--out", str(tmp_path / "a"), "--resume",
-                        "--set", "front_end_in_pool=false"])
+                        "--set", change])
+    pools = {p: torch.load(p) for p in (tmp_path / "a").glob("pool-6-0-*.pt")}
+    assert len(pools) == 3 and pool_file in pools
+    assert sum("front_end_applied" not in p for p in pools.values()) == 1       # the run without the option's
+    stronger = [p for f, p in pools.items() if f != pool_file and "front_end_applied" in p]
+    assert len(stronger) == 1 and not torch.allclose(stronger[0]["pose2d"], pool["pose2d"])
 
 
 @pytest.mark.parametrize("extra", [{"pool_size": 0},

@@ -29,6 +29,7 @@ held-out set (``eval.data``) at the end, written to ``eval.json``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -166,6 +167,20 @@ def draw_batch(ds, probs: np.ndarray, size: int, rng: np.random.Generator, step:
 
 
 POOL_KEYS = ("pose2d", "pose2d_clean", "pose3d", "valid", "dt", "has_3d")
+
+
+# What a cached pool's items depend on besides size and seed (what they are drawn from, how they are augmented
+# once with front_end_in_pool, the model whose S_dd or front end is stored with them).
+POOL_CONFIG_KEYS = ("data", "corruption", "severity", "camera", "windows", "lifter", "init", "train",
+                    "front_end_in_pool", "clean_fraction", "score_gamma", "track_prob")
+
+
+def pool_cache_path(out_dir: Path, cfg: dict) -> Path:
+    """The run folder's pool file for ``cfg``: the name carries a digest of :data:`POOL_CONFIG_KEYS`, so a run
+    resumed or repeated in the same folder with other data settings builds a new pool instead of silently
+    training on the old one."""
+    key = json.dumps({k: cfg.get(k) for k in POOL_CONFIG_KEYS}, sort_keys=True)
+    return out_dir / f"pool-{cfg['pool_size']}-{cfg['seed']}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.pt"
 
 
 def build_pool(ds, probs: np.ndarray, size: int, seed: int, cache: Path | None = None) -> dict:
@@ -419,7 +434,7 @@ def run(config: dict, args) -> dict:
                                                         cfg["seed"])
     pool = None
     if cfg["pool_size"]:
-        cache = out_dir / f"pool-{cfg['pool_size']}-{cfg['seed']}.pt"
+        cache = pool_cache_path(out_dir, cfg)
         pool = build_pool(ds, probs, int(cfg["pool_size"]), cfg["seed"], cache)
     stack = PoseStack(lifter, physnet, denoiser)
     trained = {"all": (lifter, physnet), "lifter": (lifter,), "physnet": (physnet,), "denoiser": (denoiser,)}
@@ -435,9 +450,6 @@ def run(config: dict, args) -> dict:
         if FRONT_END_APPLIED not in pool:
             pool = pool_through_front_end(pool, denoiser, np.random.default_rng([cfg["seed"], 0xF207]), cfg)
             common.atomic_torch_save(cache, pool)
-    elif pool is not None and FRONT_END_APPLIED in pool:
-        raise ValueError(f"{cache.name} was cleaned by the front end (front_end_in_pool); set it again or use "
-                         "another --out")
     if cfg["train"] == "physnet":  # frozen lifter: S_dd computed once per pool item
         if pool is None:
             raise ValueError("train='physnet' needs pool_size > 0 (S_dd is cached per pool item)")

@@ -86,7 +86,7 @@ def run(config: dict, args) -> dict:
     corruption = CorruptionConfig(**cfg["corruption"]) if cfg["corruption"] is not None else None
     ds, probs = stage2.build_dataset(cfg["data"], model.window * n, corruption, cfg["severity"], cfg["seed"],
                                      cfg["camera"])
-    cache = out_dir / f"pool-{cfg['pool_size']}-{cfg['seed']}.pt"
+    cache = stage2.pool_cache_path(out_dir, cfg)
     pool = stage2.build_pool(ds, probs, int(cfg["pool_size"]), cfg["seed"], cache)
     if "s_dd" not in pool:
         pool["s_dd"] = stage2.lift_pool(model, pool, n)
