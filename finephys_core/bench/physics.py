@@ -114,23 +114,28 @@ def redetect(clip: dict, index: int, detections: str) -> dict:
     noise of σ × the image height, score 0.9, nothing else wrong; 'severity:s' the detector-noise model at
     severity s (1 gives back the stored detections)."""
     kind, _, value = detections.partition(":")
-    kp = clip["keypoints_2d"].astype(np.float64)
-    if kind == "stored" and not value:
+    if detections == "stored":
         return clip
-    if kind == "clean" and not value:
+    kp = clip["keypoints_2d"].astype(np.float64)
+    if detections == "clean":
         return {**clip, "det_keypoints": kp.astype(np.float32), "det_scores": np.ones(kp.shape[:2], np.float32)}
-    try:
-        amount = float(value)
-    except ValueError:
-        amount = -1.0
-    if kind == "jitter" and amount >= 0:
+    amount = _non_negative(value)
+    if kind == "jitter" and amount is not None:
         noise = np.random.default_rng([CORRUPTION_SEED, index]).normal(0.0, amount * clip["image_size"][1], kp.shape)
         return {**clip, "det_keypoints": (kp + noise).astype(np.float32),
                 "det_scores": np.full(kp.shape[:2], 0.9, np.float32)}
-    if kind == "severity" and amount >= 0:
+    if kind == "severity" and amount is not None:
         det_keypoints, det_scores = corrupt_clip(clip, index, amount)
         return {**clip, "det_keypoints": det_keypoints, "det_scores": det_scores}
     raise ValueError(f"detections must be 'stored', 'clean', 'jitter:σ' or 'severity:s' (σ, s ≥ 0); got {detections!r}")
+
+
+def _non_negative(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
 
 
 def zoom_detections(clip: dict, zoom: float) -> dict:
