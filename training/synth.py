@@ -56,8 +56,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the pack importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.synth_camera import (CAMERA_SETS, HELDOUT_CAMERAS, CameraConfig, look_at,  # noqa: E402,F401
-                                   project, random_camera)
+from training.synth_camera import CAMERA_SETS, CameraConfig, project, random_camera  # noqa: E402
 from training.synth_model import CONTACT_PARTS, BodyScale, Gymnast  # noqa: E402
 
 CLASSES = ("tuck_salto", "pike_salto", "layout_twist", "split_leap", "turn_jump", "floor_spin")
