@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .gravity import DEFAULT_GRAVITY_WEIGHT, gravity_size_factor
 from .sequence import Camera, Pose2D, Pose3D, PoseError
 from .skeleton import H36M17
 
@@ -309,6 +310,14 @@ def _fit_camera_variables(X: Tensor, kp: Tensor, w: Tensor, weak: WeakPerspectiv
             lambda: start.focal[..., None, None] / trans[..., 2:].clamp_min(MIN_ROOT_DEPTH_M), lambda: 0.0, [trans])
 
 
+def rescale_body(joints3d: Tensor, camera: WeakPerspective | Perspective, factor: float):
+    """Root-relative joints (..., T, J, 3) × ``factor`` and the camera that projects them where it projected
+    the original joints: the body's size in metres changes, its image does not."""
+    if isinstance(camera, Perspective):
+        return joints3d * factor, camera._replace(translation=camera.translation * factor)
+    return joints3d * factor, camera._replace(scale=camera.scale / factor)
+
+
 # ----------------------------------------------------------------------------- numpy / Pose wrappers
 
 def to_sequence_camera(camera: WeakPerspective | Perspective, image_size) -> Camera:
@@ -338,7 +347,8 @@ def project_pinhole(joints: np.ndarray, camera: Camera) -> np.ndarray:
 def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = DEFAULT_FUSE_WEIGHT,
                camera_model: str = "weak", focal: float | None = None,
                bones: str = "constant", fit_2d: int = 0,
-               progress: Callable[[int], None] | None = None) -> tuple[Pose3D, Pose2D]:
+               progress: Callable[[int], None] | None = None,
+               gravity_weight: float = DEFAULT_GRAVITY_WEIGHT) -> tuple[Pose3D, Pose2D]:
     """Ŝ = fuse(S_dd, S_pp), a camera fitted to ``detected`` (weighted by its scores, times S_dd's
     ``agreement_2d`` when it has one), Ŝ reprojected.
 
@@ -346,7 +356,9 @@ def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = DEFAULT
     (default) gives Ŝ one length per bone for the clip (:func:`constant_bone_lengths`); 'free' is the
     paper's plain weighted mean. ``fit_2d`` > 0: that many iterations of :func:`fit_to_keypoints` fit Ŝ and
     the camera together to ``detected`` (rigid with constant bones), calling ``progress`` with 1 after each
-    iteration; 0, the default, is the paper's fusion with the closed-form camera.
+    iteration; 0, the default, is the paper's fusion with the closed-form camera. After a fit, the body's
+    size is mixed with the size at which its flight falls at g (:func:`gravity.gravity_size_factor`, at
+    ``gravity_weight``; 0 keeps the lifted size); the camera is rescaled with it, so the reprojection does not move.
 
     Returns (Pose3D source 'fused' with its Camera, Pose2D of the reprojection in pixels, H36M layout,
     score 1 for every joint: the reprojection is defined everywhere, missing detections included).
@@ -373,8 +385,10 @@ def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = DEFAULT
     fused, cam = fit_to_keypoints(fused, kp, sc, iters=int(fit_2d), rigid=bones == "constant", progress=progress,
                                   focal=pinhole[0], center=pinhole[1])
     reproj = project(fused, cam).float().numpy()
+    size_factor = gravity_size_factor(reproj, fused.numpy(), detected.fps, gravity_weight) if fit_2d > 0 else 1.0
+    fused, cam = rescale_body(fused, cam, size_factor)
     meta = {**dd.meta, "camera_model": camera_model, "fuse_weight": float(weight), "bones": bones,
-            "fit_2d": int(fit_2d)}
+            "fit_2d": int(fit_2d), "gravity_size_factor": size_factor}
     if camera_model == "weak":
         meta["weak_scale_px_per_m"] = float(cam.scale.median())
     pose3d = replace(dd, joints=fused.float().numpy(), source="fused", camera=to_sequence_camera(cam, size),
