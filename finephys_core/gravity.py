@@ -34,10 +34,11 @@ _SEGMENTS = {("pelvis", "spine", "thorax"): 0.497, ("neck", "head"): 0.081,
 APPARENT_G_SHARE = 0.966
 
 # Weight of gravity's size against the lifter's, in log space. Gravity's estimate is about as good in the bulk
-# (robust spread 5.3 % against the lifter's 5.0 %, true flights) but heavy-tailed; ½ or more was worse. v19, fused + 2D fit, paired difference against no gravity (95 %
-# interval over clips): 240 clips of 120 motions through held-out-type cameras −1.3 mm (weight 0.25, a
-# residual tolerance of 0.02) to −1.6 (0.01); the 240 clips of `bench physics --make-heldout --motions 120`
-# −0.92 [−1.51, −0.34] at 0.25, −0.90 at 0.2, −0.77 at 0.33; the 48 shipped held-out clips −0.61 [−2.06, +0.76].
+# (robust spread 5.3 % against the lifter's 5.0 %, true flights) but heavy-tailed; ½ or more was worse.
+# v19, fused + 2D fit, paired difference against no gravity (95 % interval over clips): 240 clips of 120
+# motions through held-out-type cameras −1.3 mm (weight 0.25, a residual tolerance of 0.02) to −1.6 (0.01);
+# the 240 clips of `bench physics --make-heldout --motions 120` −0.92 [−1.51, −0.34] at 0.25, −0.90 at 0.2,
+# −0.77 at 0.33; the 48 shipped held-out clips −0.61 [−2.06, +0.76].
 DEFAULT_GRAVITY_WEIGHT = 0.25
 # Largest RMS distance (metres at the athlete, i.e. in units of pixels per metre) of the centre-of-mass track
 # from its parabola for the window to count as flight. 0.01 / 0.015 / 0.02 found flights that were 93–94 /
