@@ -3,6 +3,7 @@
     python -m finephys_core refine IN.npz -o OUT.npz [--weights W.safetensors] [--fps F]
                                                      [--fuse-weight W] [--stride S]
                                                      [--bones constant|free] [--fit-2d ITERS]
+                                                     [--static-camera]
     python -m finephys_core detect VIDEO -o POSE2D.npz [--mode balanced] [--model-dir DIR] [--stride N]
     python -m finephys_core demo [--out output/demo]   (the shipped sample, with preview video and images)
 
@@ -49,6 +50,7 @@ def _load_input(path: Path, fps: float | None):
 
 def cmd_refine(args) -> int:
     from .camera import DEFAULT_FIT_2D_ITERS, DEFAULT_FUSE_WEIGHT
+    from .gravity import STATIC_CAMERA_GRAVITY_WEIGHT
     from .pose_model import default_pose_model, load_pose_model
     from .refine import refine_pose2d, refined_arrays
     from .sequence import write_npz
@@ -58,7 +60,7 @@ def cmd_refine(args) -> int:
     fuse_weight = DEFAULT_FUSE_WEIGHT if args.fuse_weight is None else args.fuse_weight
     fit_2d = DEFAULT_FIT_2D_ITERS if args.fit_2d is None else args.fit_2d
     res = refine_pose2d(pose2d, model, fuse_weight=fuse_weight, frame_stride=args.stride, bones=args.bones,
-                        fit_2d=fit_2d)
+                        fit_2d=fit_2d, gravity_weight=STATIC_CAMERA_GRAVITY_WEIGHT if args.static_camera else 0.0)
     write_npz(args.output, refined_arrays(pose2d, res))
     print(f"refined {pose2d.num_frames} frames → {args.output}"
           f"{'' if model.trained else ' (UNTRAINED weights)'}", file=sys.stderr)
@@ -102,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fit-2d", type=int, default=None, metavar="ITERS",
                    help="iterations of the fused pose's test-time fit to the 2D (default: the pipeline's, "
                         "camera.DEFAULT_FIT_2D_ITERS; 0 = the paper's fusion)")
+    r.add_argument("--static-camera", action="store_true",
+                   help="the camera does not pan or zoom: correct the body's size by how fast it falls in flight "
+                        "(after the 2D fit; wrong for a camera that follows the athlete)")
     r.add_argument("--stride", type=int, default=1,
                    help="the input keeps every S-th frame of a video at --fps (dt = S/fps); leave 1 when "
                         "fps is already the rate of the frames in the file (what `detect` writes)")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .gravity import DEFAULT_GRAVITY_WEIGHT, gravity_size_factor
+from .gravity import gravity_size_factor
 from .sequence import Camera, Pose2D, Pose3D, PoseError
 from .skeleton import H36M17
 
@@ -348,7 +348,7 @@ def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = DEFAULT
                camera_model: str = "weak", focal: float | None = None,
                bones: str = "constant", fit_2d: int = 0,
                progress: Callable[[int], None] | None = None,
-               gravity_weight: float = DEFAULT_GRAVITY_WEIGHT) -> tuple[Pose3D, Pose2D]:
+               gravity_weight: float = 0.0) -> tuple[Pose3D, Pose2D]:
     """Ŝ = fuse(S_dd, S_pp), a camera fitted to ``detected`` (weighted by its scores, times S_dd's
     ``agreement_2d`` when it has one), Ŝ reprojected.
 
@@ -356,9 +356,10 @@ def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = DEFAULT
     (default) gives Ŝ one length per bone for the clip (:func:`constant_bone_lengths`); 'free' is the
     paper's plain weighted mean. ``fit_2d`` > 0: that many iterations of :func:`fit_to_keypoints` fit Ŝ and
     the camera together to ``detected`` (rigid with constant bones), calling ``progress`` with 1 after each
-    iteration; 0, the default, is the paper's fusion with the closed-form camera. After a fit, the body's
-    size is mixed with the size at which its flight falls at g (:func:`gravity.gravity_size_factor`, at
-    ``gravity_weight``; 0 keeps the lifted size); the camera is rescaled with it, so the reprojection does not move.
+    iteration; 0, the default, is the paper's fusion with the closed-form camera. ``gravity_weight`` > 0, for a
+    static camera only (:data:`gravity.STATIC_CAMERA_GRAVITY_WEIGHT`): after a fit, the body's size is mixed
+    with the size at which its flight falls at g (:func:`gravity.gravity_size_factor`); the camera is rescaled
+    with it, so the reprojection does not move. 0, the default, keeps the lifted size.
 
     Returns (Pose3D source 'fused' with its Camera, Pose2D of the reprojection in pixels, H36M layout,
     score 1 for every joint: the reprojection is defined everywhere, missing detections included).

@@ -6,7 +6,15 @@ size is the largest single part of the fused pose's error (`bench physics --erro
 is reprojected through its fitted camera. Its mass-weighted 2D centre of mass is tracked, and a flight phase
 is found where that track is a parabola falling at about g. Comparing the parabola's curvature with the
 camera's pixels per metre gives a size factor k, so that the pose times k falls at g. The lifter's size and
-gravity's are then mixed in log space (:data:`DEFAULT_GRAVITY_WEIGHT`).
+gravity's are then mixed in log space (:data:`STATIC_CAMERA_GRAVITY_WEIGHT`).
+
+**Static cameras only.** A camera that pans after the athlete takes part of the fall out of the image, and a
+rotating body's centre of mass then passes for a weaker fall: the size comes out too large. On the held-out set
+with 20 % / 50 % / all of the travel taken out (`bench physics --track F`), fused + 2D fit at 25 / 50 fps went
+from 53.9 / 56.2, 54.5 / 56.5 and 56.4 / 57.4 mm without gravity to 60.1 / 63.1, 62.4 / 63.4 and 61.2 / 65.9
+with it. The skeleton alone cannot tell a pan from a weaker fall, so this is off unless the user says the
+camera is static (``fuse_poses(gravity_weight=...)``, the FusePoses node's ``static_camera``, the CLI's
+``--static-camera``).
 
 Everything is in the pose's own units: 2D in pixels (any units work), 3D in metres, time from ``fps``.
 """
@@ -39,7 +47,7 @@ APPARENT_G_SHARE = 0.966
 # motions through held-out-type cameras −1.3 mm (weight 0.25, a residual tolerance of 0.02) to −1.6 (0.01);
 # the 240 clips of `bench physics --make-heldout --motions 120` −0.92 [−1.51, −0.34] at 0.25, −0.90 at 0.2,
 # −0.77 at 0.33; the 48 shipped held-out clips −0.61 [−2.06, +0.76].
-DEFAULT_GRAVITY_WEIGHT = 0.25
+STATIC_CAMERA_GRAVITY_WEIGHT = 0.25
 # Largest RMS distance (metres at the athlete, i.e. in units of pixels per metre) of the centre-of-mass track
 # from its parabola for the window to count as flight. 0.01 / 0.015 / 0.02 found flights that were 93–94 /
 # 87–89 / 86 % true flight frames; 0.04 let contact phases in and made the size worse.
@@ -111,7 +119,7 @@ def find_flight(com: np.ndarray, scale: np.ndarray, fps: float, tolerance: float
 
 
 def gravity_size_factor(keypoints: np.ndarray, joints3d: np.ndarray, fps: float,
-                        weight: float = DEFAULT_GRAVITY_WEIGHT) -> float:
+                        weight: float = STATIC_CAMERA_GRAVITY_WEIGHT) -> float:
     """Factor k for the root-relative 3D (T, 17, 3) metres whose reprojection is ``keypoints`` (T, 17, 2):
     k · joints3d mixes the lifted size with gravity's at ``weight`` (0: 1.0, the lifted size). 1.0 when the
     clip has no flight that :func:`find_flight` accepts or a frame is not finite."""

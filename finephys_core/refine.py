@@ -98,13 +98,15 @@ class RefineResult:
 
 def refine_pose2d(pose2d: Pose2D, model: PoseModel, fuse_weight: float = DEFAULT_FUSE_WEIGHT, frame_stride: int = 1,
                   progress: Callable[[int], None] | None = None, camera_model: str = "weak",
-                  num_threads: int | None = 1, bones: str = "constant", fit_2d: int = 0) -> RefineResult:
+                  num_threads: int | None = 1, bones: str = "constant", fit_2d: int = 0,
+                  gravity_weight: float = 0.0) -> RefineResult:
     """The whole pose stack on one clip. ``frame_stride``: see :func:`physics.refine_pose3d` (dt = stride/fps).
 
     progress, when given, is called with 1 after each of the :data:`REFINE_STEPS` stages.
     ``num_threads``: torch threads for the duration (see :func:`torch_threads`; None = torch's setting).
     ``bones``: 'constant' or 'free' bone lengths in the fused pose, ``fit_2d``: iterations of the test-time
-    fit of Ŝ to the 2D, 0 = off (both: see :func:`camera.fuse_poses`).
+    fit of Ŝ to the 2D, 0 = off; ``gravity_weight``: the body's size from its flight, static cameras only
+    (all three: see :func:`camera.fuse_poses`).
     """
     step = progress or (lambda n: None)
     pose2d = _checked_2d(pose2d)
@@ -113,7 +115,8 @@ def refine_pose2d(pose2d: Pose2D, model: PoseModel, fuse_weight: float = DEFAULT
         step(1)
         pp = physics.refine_pose3d(dd, model.physnet, frame_stride)
         step(1)
-        fused, reprojected = fuse_poses(dd, pp, pose2d, fuse_weight, camera_model, bones=bones, fit_2d=fit_2d)
+        fused, reprojected = fuse_poses(dd, pp, pose2d, fuse_weight, camera_model, bones=bones, fit_2d=fit_2d,
+                                        gravity_weight=gravity_weight)
         step(1)
     return RefineResult(dd, pp, fused, reprojected)
 

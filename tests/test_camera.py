@@ -266,8 +266,7 @@ def test_fuse_poses_fit_2d_moves_towards_the_detections():
     off = _jittered(truth).float().numpy()
     dd, pp = Pose3D(off), Pose3D(off, source="pp")
     plain, reproj = fuse_poses(dd, pp, det)
-    # the salto spins about a fixed root, so its centre of mass circles; keep gravity's size out of this test
-    fitted, reproj_fit = fuse_poses(dd, pp, det, fit_2d=150, gravity_weight=0)
+    fitted, reproj_fit = fuse_poses(dd, pp, det, fit_2d=150)
     assert plain.meta["fit_2d"] == 0 and fitted.meta["fit_2d"] == 150
     err = lambda p: np.linalg.norm(p.joints - p.joints[:, :1] - truth.numpy(), axis=-1).mean()  # noqa: E731
     gap = lambda r: np.abs(r.keypoints - det.keypoints).mean()                               # noqa: E731
@@ -283,8 +282,7 @@ def test_fuse_poses_leaves_out_detections_the_front_end_disagreed_with():
     agreement[4:12, 16] = 0.0
     off = _jittered(truth).float().numpy()
     err = lambda p: np.linalg.norm(p.joints - p.joints[:, :1] - truth.numpy(), axis=-1).mean()  # noqa: E731
-    scored, _ = fuse_poses(Pose3D(off), Pose3D(off, source="pp"), det, fit_2d=150, gravity_weight=0)
-    agreed, reproj = fuse_poses(Pose3D(off, agreement_2d=agreement), Pose3D(off, source="pp"), det, fit_2d=150,
-                                gravity_weight=0)
+    scored, _ = fuse_poses(Pose3D(off), Pose3D(off, source="pp"), det, fit_2d=150)
+    agreed, reproj = fuse_poses(Pose3D(off, agreement_2d=agreement), Pose3D(off, source="pp"), det, fit_2d=150)
     assert err(agreed) < err(scored)
     assert np.abs(reproj.keypoints[4:12, 16] - kp[4:12, 16]).min() > 100.0   # reprojected where the wrist is

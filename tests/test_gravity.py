@@ -6,8 +6,8 @@ import pytest
 
 from finephys_core.camera import fuse_poses
 from finephys_core.demo import SAMPLE_GT
-from finephys_core.gravity import (APPARENT_G_SHARE, G, centre_of_mass_2d, find_flight, fit_parabolas,
-                                   gravity_size_factor, joint_mass_weights)
+from finephys_core.gravity import (APPARENT_G_SHARE, STATIC_CAMERA_GRAVITY_WEIGHT, G, centre_of_mass_2d,
+                                   find_flight, fit_parabolas, gravity_size_factor, joint_mass_weights)
 from finephys_core.sequence import Pose2D, Pose3D
 
 FPS, PX_PER_M = 50.0, 300.0
@@ -79,14 +79,15 @@ def test_fuse_poses_resizes_the_body_and_keeps_its_reprojection():
     det = Pose2D(kp.astype(np.float32), np.ones(kp.shape[:2], np.float32), (1280, 720), FPS)
     small = Pose3D((0.9 * rel).astype(np.float32))
     pp = Pose3D((0.9 * rel).astype(np.float32), source="pp")
-    kept, reproj_kept = fuse_poses(small, pp, det, fit_2d=50, gravity_weight=0)
-    grown, reproj_grown = fuse_poses(small, pp, det, fit_2d=50)
+    kept, reproj_kept = fuse_poses(small, pp, det, fit_2d=50)                 # off by default: cameras may pan
+    grown, reproj_grown = fuse_poses(small, pp, det, fit_2d=50, gravity_weight=STATIC_CAMERA_GRAVITY_WEIGHT)
     factor = grown.meta["gravity_size_factor"]
     assert kept.meta["gravity_size_factor"] == 1.0 and factor == pytest.approx(0.9 ** -0.25, rel=0.02)
     np.testing.assert_allclose(grown.joints, factor * kept.joints, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(reproj_grown.keypoints, reproj_kept.keypoints, atol=1e-3)
     assert grown.meta["weak_scale_px_per_m"] == pytest.approx(kept.meta["weak_scale_px_per_m"] / factor)
-    perspective, reproj_p = fuse_poses(small, pp, det, fit_2d=50, camera_model="perspective")
+    perspective, reproj_p = fuse_poses(small, pp, det, fit_2d=50, camera_model="perspective",
+                                       gravity_weight=STATIC_CAMERA_GRAVITY_WEIGHT)
     assert perspective.meta["gravity_size_factor"] > 1.0
-    kept_p, reproj_kept_p = fuse_poses(small, pp, det, fit_2d=50, camera_model="perspective", gravity_weight=0)
+    kept_p, reproj_kept_p = fuse_poses(small, pp, det, fit_2d=50, camera_model="perspective")
     np.testing.assert_allclose(reproj_p.keypoints, reproj_kept_p.keypoints, atol=1e-2)

@@ -31,7 +31,7 @@ WIDGETS = {
     "FinePhysLoadPoseModel": ["model_name"],
     "FinePhysLiftICL3D": [],
     "FinePhysPhysNetRefine": ["frame_stride"],
-    "FinePhysFusePoses": ["weight", "camera_model", "focal", "bones", "fit_2d"],
+    "FinePhysFusePoses": ["weight", "camera_model", "focal", "bones", "fit_2d", "static_camera"],
     "FinePhysSavePose": ["filename_prefix", "format"],
     "FinePhysLoadPose": ["pose_file", "path"],
     "FinePhysPreviewPose": ["height"],
@@ -429,3 +429,16 @@ def test_saved_pose_matches_library_format(classes, dirs):
     assert classes["FinePhysLoadPose"]().run("lib.npz", "")[1].joints.shape == (3, 17, 3)
     path = classes["FinePhysSavePose"]().run("n", "json", pose3d=p3)["result"][0]
     assert isinstance(load_pose(path), Pose3D)
+
+
+def test_fuse_poses_static_camera_sizes_the_body_by_its_fall(classes):
+    from test_gravity import FPS, _thrown  # a salto in true free fall, seen by a static camera
+
+    rel, kp = _thrown()
+    det = Pose2D(kp.astype(np.float32), np.ones(kp.shape[:2], np.float32), (1280, 720), FPS)
+    dd, pp = Pose3D((0.9 * rel).astype(np.float32)), Pose3D((0.9 * rel).astype(np.float32), source="pp")
+    node = classes["FinePhysFusePoses"]()
+    kept, reproj_kept = node.run(dd, pp, det, 0.7, "weak", 0.0, "constant", 50)
+    grown, reproj_grown = node.run(dd, pp, det, 0.7, "weak", 0.0, "constant", 50, True)
+    assert kept.meta["gravity_size_factor"] == 1.0 and grown.meta["gravity_size_factor"] > 1.02
+    np.testing.assert_allclose(reproj_grown.keypoints, reproj_kept.keypoints, atol=1e-3)

@@ -314,3 +314,23 @@ def test_bench_pose_prints_stages_and_the_2d_fit(capsys):
         assert result["fit2d_ms"][T] > stages["fuse"]          # 150 optimiser steps cost more than one fuse
     assert result["ratio_256_over_16"] == pytest.approx(result["ms_per_clip"]["256"] / result["ms_per_clip"]["16"],
                                                         abs=0.01)
+
+
+def test_cli_static_camera_sizes_the_body_by_its_fall(tmp_path):
+    from test_gravity import FPS, _thrown  # a salto in true free fall, seen by a static camera
+
+    _, kp = _thrown()
+    inp = tmp_path / "in.npz"
+    np.savez(inp, keypoints=kp.astype(np.float32), scores=np.ones(kp.shape[:2], np.float32),
+             image_size=np.array([1280, 720]), layout=np.array("h36m17"), fps=np.array(FPS))
+    outs = []
+    for flags in ([], ["--static-camera"]):
+        out = tmp_path / f"out{len(outs)}.npz"
+        assert cli_main(["refine", str(inp), "-o", str(out), *flags]) == 0
+        with np.load(out) as z:
+            outs.append((z["pose3d"].astype(np.float64), z["pose2d_reproj"]))
+    (kept, reproj_kept), (sized, reproj_sized) = outs
+    factor = np.linalg.norm(sized) / np.linalg.norm(kept)
+    assert abs(factor - 1) > 0.005
+    np.testing.assert_allclose(sized, factor * kept, atol=1e-5)
+    np.testing.assert_allclose(reproj_sized, reproj_kept, atol=1e-2)
