@@ -32,9 +32,10 @@ EXIT_USER_ERROR = 2
 
 def pose2d_arrays(pose) -> dict:
     """A Pose2D as the CLI's input format."""
-    return {"keypoints": pose.keypoints.astype(np.float32), "scores": pose.scores.astype(np.float32),
-            "image_size": np.asarray(pose.image_size, np.int64), "layout": np.asarray(pose.layout),
-            "fps": np.asarray(pose.fps, np.float64)}
+    arrays = {"keypoints": pose.keypoints.astype(np.float32), "scores": pose.scores.astype(np.float32),
+              "image_size": np.asarray(pose.image_size, np.int64), "layout": np.asarray(pose.layout),
+              "fps": np.asarray(pose.fps, np.float64)}
+    return arrays | ({} if pose.camera_motion is None else {"camera_motion": pose.camera_motion})
 
 
 def _load_input(path: Path, fps: float | None):
@@ -79,7 +80,7 @@ def cmd_detect(args) -> int:
         bar = None
     try:
         pose = detect_video(args.video, config, stride=args.stride, max_frames=args.max_frames,
-                            progress=bar.update if bar is not None else None)
+                            progress=bar.update if bar is not None else None, camera_motion=args.camera_motion)
     finally:
         if bar is not None:
             bar.close()
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model-dir", help="folder with rtmlib .onnx files (downloads go there)")
     d.add_argument("--stride", type=int, default=1, help="use every N-th frame")
     d.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    d.add_argument("--camera-motion", action="store_true",
+                   help="also measure the camera's pan, tilt and zoom on the background (a second pass over the "
+                        "frames): refine then reads the 2D as a static camera would have seen it")
     d.set_defaults(func=cmd_detect)
     sub.add_parser("demo", add_help=False,
                    help="refine the shipped gymnastics sample and write previews (see demo --help)")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .camera_motion import apply_affine, invert_affine
 from .gravity import gravity_size_factor
 from .sequence import Camera, Pose2D, Pose3D, PoseError
 from .skeleton import H36M17
@@ -361,11 +362,16 @@ def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = DEFAULT
     with the size at which its flight falls at g (:func:`gravity.gravity_size_factor`); the camera is rescaled
     with it, so the reprojection does not move. 0, the default, keeps the lifted size.
 
+    A ``detected`` with ``camera_motion`` is fitted as the static camera of its first frame saw it
+    (:meth:`Pose2D.stabilized`); the Camera is that static one, and the reprojection is mapped back into every
+    frame's pixels and keeps the camera motion.
+
     Returns (Pose3D source 'fused' with its Camera, Pose2D of the reprojection in pixels, H36M layout,
     score 1 for every joint: the reprojection is defined everywhere, missing detections included).
     camera_model 'weak' (default) or 'perspective' (focal in pixels; default the longer image side).
     """
-    detected = detected.to_h36m()
+    motion = detected.camera_motion
+    detected = detected.to_h36m().stabilized()
     if not dd.num_frames == pp.num_frames == detected.num_frames:
         raise PoseError(f"frame counts differ: S_dd {dd.num_frames}, S_pp {pp.num_frames}, "
                         f"2D {detected.num_frames}")
@@ -385,14 +391,18 @@ def fuse_poses(dd: Pose3D, pp: Pose3D, detected: Pose2D, weight: float = DEFAULT
                else (None, None))
     fused, cam = fit_to_keypoints(fused, kp, sc, iters=int(fit_2d), rigid=bones == "constant", progress=progress,
                                   focal=pinhole[0], center=pinhole[1])
-    reproj = project(fused, cam).float().numpy()
+    reproj = project(fused, cam).numpy()
     size_factor = gravity_size_factor(reproj, fused.numpy(), detected.fps, gravity_weight) if fit_2d > 0 else 1.0
     fused, cam = rescale_body(fused, cam, size_factor)
     meta = {**dd.meta, "camera_model": camera_model, "fuse_weight": float(weight), "bones": bones,
-            "fit_2d": int(fit_2d), "gravity_size_factor": size_factor}
+            "fit_2d": int(fit_2d), "gravity_size_factor": size_factor,
+            "camera_motion_compensated": motion is not None}
+    if motion is not None:
+        reproj = apply_affine(reproj, invert_affine(motion))
     if camera_model == "weak":
         meta["weak_scale_px_per_m"] = float(cam.scale.median())
     pose3d = replace(dd, joints=fused.float().numpy(), source="fused", camera=to_sequence_camera(cam, size),
                      image_size=size, meta=meta)
-    pose2d = Pose2D(reproj, np.ones(reproj.shape[:2], np.float32), size, detected.fps, "h36m17")
+    pose2d = Pose2D(reproj.astype(np.float32), np.ones(reproj.shape[:2], np.float32), size, detected.fps, "h36m17",
+                    motion)
     return pose3d, pose2d

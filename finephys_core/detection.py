@@ -15,7 +15,7 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 from urllib.parse import urlparse
@@ -448,12 +448,14 @@ def _iter_video(cap, stride: int, max_frames: int | None) -> Iterator[np.ndarray
 
 def detect_video(path: str | Path, config: DetectorConfig | PoseDetector | None = None, stride: int = 1,
                  max_frames: int | None = None, progress: Progress = None,
-                 layout_out: str = "h36m17") -> Pose2D:
+                 layout_out: str = "h36m17", camera_motion: bool = False) -> Pose2D:
     """Detect the main performer in a video file read with opencv.
 
     Every ``stride``-th frame is used, at most ``max_frames`` of them; the Pose2D's fps is the file's fps
-    divided by ``stride`` (25 / stride when the file reports none). Raises FileNotFoundError for a missing
-    file and PoseError for one opencv cannot read or that has no frames.
+    divided by ``stride`` (25 / stride when the file reports none). ``camera_motion``: read the frames a
+    second time and measure the camera's pan, tilt and zoom on the background
+    (:func:`camera_motion.estimate_camera_motion`; ``progress`` counts those frames too). Raises
+    FileNotFoundError for a missing file and PoseError for one opencv cannot read or that has no frames.
     """
     import cv2
 
@@ -480,4 +482,15 @@ def detect_video(path: str | Path, config: DetectorConfig | PoseDetector | None 
             raise
     finally:
         cap.release()
-    return _assemble(results, size, fps, detector.layout, detector.num_joints, layout_out)
+    pose = _assemble(results, size, fps, detector.layout, detector.num_joints, layout_out)
+    if not camera_motion:
+        return pose
+    from .camera_motion import estimate_camera_motion
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        rgb = (frame[..., ::-1] for frame in _iter_video(cap, stride, max_frames))
+        maps, _ = estimate_camera_motion(rgb, pose.keypoints, pose.scores, progress)
+    finally:
+        cap.release()
+    return replace(pose, camera_motion=maps)

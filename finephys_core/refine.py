@@ -54,7 +54,8 @@ def lift_pose(pose2d: Pose2D, model: PoseModel, overlap: int | None = None, num_
     each detected joint then rides along as ``agreement_2d`` for the fit to the 2D.
 
     Raises PoseError for a non-Pose2D or when no joint has a score above 0 ("no person detected").
-    One frame is fine. ``num_prompts`` > 1 averages the lifts with the k nearest prompt pairs, chosen for
+    A 2D with ``camera_motion`` is lifted as the static camera of its first frame saw it
+    (:meth:`Pose2D.stabilized`): the athlete's travel across the image is a cue the lifter reads. One frame is fine. ``num_prompts`` > 1 averages the lifts with the k nearest prompt pairs, chosen for
     each window (``prompt_per_window``, as training chooses per item) or once for the whole clip.
     ``mirror_average``: also lift the clip's mirror image and average the two (un-mirrored), the
     left↔right test-time augmentation of VideoPose3D/MotionBERT; it makes the lift exactly
@@ -63,7 +64,7 @@ def lift_pose(pose2d: Pose2D, model: PoseModel, overlap: int | None = None, num_
     ``num_threads``: torch threads while lifting (see :func:`torch_threads`).
     ``overlap``: frames shared by consecutive lifter windows (None: :func:`lifting.default_overlap`).
     """
-    pose2d = _checked_2d(pose2d)
+    pose2d = _checked_2d(pose2d).stabilized()
     query = torch.from_numpy(pose2d.normalized())
     model.eval()
     device = model.mean_prior.device
@@ -123,10 +124,12 @@ def refine_pose2d(pose2d: Pose2D, model: PoseModel, fuse_weight: float = DEFAULT
 
 def refined_arrays(pose2d: Pose2D, result: RefineResult) -> dict:
     """The refine output format (CLI, demo): pose3d_dd, pose3d_pp, pose3d (fused) (T,17,3) metres,
-    pose2d_reproj (T,17,2) px, plus the detected scores (H36M order), image_size, fps, layout, camera JSON."""
+    pose2d_reproj (T,17,2) px, plus the detected scores (H36M order), image_size, fps, layout, camera JSON,
+    and camera_motion (T,2,3) when the 2D has one (the camera JSON is then the first frame's static camera)."""
     h36m = pose2d.to_h36m()
     camera = result.fused.camera.to_dict() if result.fused.camera is not None else None
     return {"pose3d_dd": result.dd.joints, "pose3d_pp": result.pp.joints, "pose3d": result.fused.joints,
             "pose2d_reproj": result.reprojected.keypoints, "scores": h36m.scores,
             "image_size": np.asarray(h36m.image_size, np.int64), "fps": np.asarray(h36m.fps, np.float64),
-            "layout": np.asarray("h36m17"), "camera": np.asarray(json.dumps(camera))}
+            "layout": np.asarray("h36m17"), "camera": np.asarray(json.dumps(camera))} | (
+        {} if h36m.camera_motion is None else {"camera_motion": h36m.camera_motion})

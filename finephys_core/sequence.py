@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .camera_motion import apply_affine, check_camera_motion
 from .skeleton import get_layout, to_h36m
 
 POSE3D_SOURCES = ("detect", "dd", "pp", "fused", "gt")
@@ -58,7 +59,9 @@ class Pose2D:
     """A 2D pose sequence.
 
     keypoints: (T, J, 2) float32 pixels; scores: (T, J) in [0, 1], 0 = missing;
-    image_size: (W, H) pixels; fps: frames per second of the sequence (after any stride).
+    image_size: (W, H) pixels; fps: frames per second of the sequence (after any stride);
+    camera_motion: (T, 2, 3) float64 or None (a static camera), each frame's map of its pixels into the first
+    frame's, the camera's own pan, tilt and zoom (:func:`camera_motion.estimate_camera_motion`).
     """
 
     keypoints: np.ndarray
@@ -66,6 +69,7 @@ class Pose2D:
     image_size: tuple[int, int]
     fps: float = 25.0
     layout: str = "h36m17"
+    camera_motion: np.ndarray | None = None
 
     def __post_init__(self):
         J = get_layout(self.layout).num_joints
@@ -87,10 +91,23 @@ class Pose2D:
         if not np.isfinite(self.fps) or self.fps <= 0:
             raise PoseError(f"fps must be a positive number; got {self.fps}")
         self.fps = float(self.fps)
+        if self.camera_motion is not None:
+            try:
+                self.camera_motion = check_camera_motion(self.camera_motion, self.keypoints.shape[0])
+            except ValueError as e:
+                raise PoseError(str(e)) from e
 
     @property
     def num_frames(self) -> int:
         return self.keypoints.shape[0]
+
+    def stabilized(self) -> "Pose2D":
+        """The keypoints in the first frame's pixels, as a static camera would have seen them (camera_motion
+        None); the sequence itself when it has no camera motion."""
+        if self.camera_motion is None:
+            return self
+        return replace(self, keypoints=apply_affine(self.keypoints, self.camera_motion).astype(np.float32),
+                       camera_motion=None)
 
     def to_h36m(self) -> "Pose2D":
         """The same sequence in the H36M-17 layout (scores remapped)."""
@@ -197,8 +214,11 @@ def write_npz(path: str | Path, arrays: dict) -> Path:
 
 def pose_to_dict(pose: Pose2D | Pose3D) -> dict:
     if isinstance(pose, Pose2D):
-        return {"kind": "pose2d", "keypoints": pose.keypoints.tolist(), "scores": pose.scores.tolist(),
-                "image_size": list(pose.image_size), "fps": pose.fps, "layout": pose.layout}
+        d = {"kind": "pose2d", "keypoints": pose.keypoints.tolist(), "scores": pose.scores.tolist(),
+             "image_size": list(pose.image_size), "fps": pose.fps, "layout": pose.layout}
+        if pose.camera_motion is not None:
+            d["camera_motion"] = pose.camera_motion.tolist()
+        return d
     d = {"kind": "pose3d", "joints": pose.joints.tolist(), "fps": pose.fps, "source": pose.source,
          "meta": pose.meta}
     if pose.camera is not None:
@@ -223,7 +243,8 @@ def pose_from_dict(d: dict) -> Pose2D | Pose3D:
             raise PoseError(f"2D pose file lacks {missing}")
         return Pose2D(np.asarray(d["keypoints"]), np.asarray(d["scores"]),
                       tuple(int(v) for v in np.asarray(d["image_size"]).tolist()),
-                      float(d.get("fps", 25.0)), str(d.get("layout", "h36m17")))
+                      float(d.get("fps", 25.0)), str(d.get("layout", "h36m17")),
+                      np.asarray(d["camera_motion"]) if d.get("camera_motion") is not None else None)
     if kind == "pose3d":
         cam = d.get("camera")
         size = d.get("image_size")

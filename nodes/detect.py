@@ -1,9 +1,15 @@
 """FinePhys nodes: 2D pose in — rtmlib detection on video frames, or controlnet_aux POSE_KEYPOINT."""
 from __future__ import annotations
 
-from ..finephys_core import detection, openpose_io
+from dataclasses import replace
+
+import torch
+
+from ..finephys_core import camera_motion, detection, openpose_io
+from ..finephys_core.sequence import Pose2D, PoseError
 from . import comfy_adapter
 from .comfy_adapter import RTMLIB_FOLDER, Progress
+from .pose import require
 
 comfy_adapter.register_model_folder(comfy_adapter.FINEPHYS_FOLDER)
 comfy_adapter.register_model_folder(RTMLIB_FOLDER)
@@ -109,11 +115,54 @@ class FinePhysPoseFromKeypoints:
         return (openpose_io.pose2d_from_openpose(pose_keypoint, fps=fps),)
 
 
+class FinePhysCameraMotion:
+    """IMAGE frames + their 2D pose → the pose with the camera's pan, tilt and zoom, measured on the background."""
+
+    CATEGORY = "FinePhys/pose"
+    FUNCTION = "run"
+    RETURN_TYPES = ("FINEPHYS_POSE2D", "IMAGE")
+    RETURN_NAMES = ("pose2d", "stabilized")
+    OUTPUT_TOOLTIPS = ("The same 2D pose, carrying the camera's motion: lifting and FusePoses then read it as a "
+                       "static camera would have seen it, and FusePoses' reprojection stays in each frame's pixels.",
+                       "The frames warped into the first frame's view: the background should stand still.")
+    DESCRIPTION = ("For footage whose camera pans, tilts or zooms after the athlete (broadcast gymnastics). Tracks "
+                   "corners of the background (the athlete's box left out) from frame to frame and fits a "
+                   "similarity per frame pair. The lifter then sees the athlete's travel across the arena again, "
+                   "and FusePoses' static_camera (size from gravity) may be switched on. Needs a textured "
+                   "background; frames where too little of it is seen keep the previous frame's camera.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The video frames the 2D pose was detected on (all of them, or "
+                                                "every n-th when the detection used a frame stride)."}),
+                "pose2d": ("FINEPHYS_POSE2D", {"tooltip": "The 2D pose detected on these frames."}),
+            },
+        }
+
+    def run(self, images, pose2d):
+        pose2d = require(pose2d, Pose2D, "pose2d")
+        try:
+            frames = images[::camera_motion.frame_stride(len(images), pose2d.num_frames)].cpu()
+        except ValueError as e:
+            raise PoseError(str(e)) from e
+        progress = Progress(len(frames), "FinePhys camera motion")
+        try:
+            maps, _ = camera_motion.estimate_camera_motion(frames, pose2d.keypoints, pose2d.scores, progress)
+        finally:
+            progress.close()
+        stabilized = torch.from_numpy(camera_motion.stabilize_frames(frames, maps))
+        return replace(pose2d, camera_motion=maps), stabilized
+
+
 NODE_CLASS_MAPPINGS = {
     "FinePhysDetectPose2D": FinePhysDetectPose2D,
     "FinePhysPoseFromKeypoints": FinePhysPoseFromKeypoints,
+    "FinePhysCameraMotion": FinePhysCameraMotion,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "FinePhysDetectPose2D": "FinePhys Detect Pose 2D",
     "FinePhysPoseFromKeypoints": "FinePhys Pose from Keypoints (OpenPose)",
+    "FinePhysCameraMotion": "FinePhys Camera Motion (pan / zoom)",
 }

@@ -128,10 +128,11 @@ class FinePhysFusePoses:
                                "with the shipped weights 4-6 % lower 3D error."}),
                 "static_camera": ("BOOLEAN", {
                     "default": False,
-                    "tooltip": "The camera does not pan, tilt or zoom: after the 2D fit, the body's size in "
-                               "metres is corrected by how fast it falls in flight (gravity). About 1 mm lower "
-                               "3D error on static held-out footage; with a camera that follows the athlete "
-                               "it makes the size wrong, so leave it off for broadcast footage."}),
+                    "tooltip": "The camera does not pan, tilt or zoom, or its motion was measured by FinePhys "
+                               "Camera Motion: after the 2D fit, the body's size in metres is corrected by how "
+                               "fast it falls in flight (gravity). About 1 mm lower 3D error on held-out "
+                               "footage; with a camera that follows the athlete uncompensated it makes the size "
+                               "wrong, so leave it off for broadcast footage without Camera Motion."}),
             },
         }
 

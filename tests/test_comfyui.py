@@ -53,6 +53,7 @@ POSE_NODES = {  # node id → (input name → type, for every input), output typ
     "FinePhysDetectPose2D": ({"images": "IMAGE", "mode": "COMBO", "fps": "FLOAT", "frame_stride": "INT",
                               "keypoint_set": "COMBO", "device": "COMBO"}, ["FINEPHYS_POSE2D"]),
     "FinePhysPoseFromKeypoints": ({"pose_keypoint": "POSE_KEYPOINT", "fps": "FLOAT"}, ["FINEPHYS_POSE2D"]),
+    "FinePhysCameraMotion": ({"images": "IMAGE", "pose2d": "FINEPHYS_POSE2D"}, ["FINEPHYS_POSE2D", "IMAGE"]),
     "FinePhysLoadPoseModel": ({"model_name": "COMBO"}, ["FINEPHYS_POSE_MODEL"]),
     "FinePhysLiftICL3D": ({"pose2d": "FINEPHYS_POSE2D", "pose_model": "FINEPHYS_POSE_MODEL"}, ["FINEPHYS_POSE3D"]),
     "FinePhysPhysNetRefine": ({"pose3d_dd": "FINEPHYS_POSE3D", "pose_model": "FINEPHYS_POSE_MODEL",
@@ -110,6 +111,10 @@ def prompts() -> dict:
                          "keypoint_set": "coco17", "device": "cpu"}},
         "4": {"class_type": "FinePhysSavePose",
               "inputs": {"filename_prefix": "finephys_test/detected", "format": "npz", "pose2d": ["3", 0]}},
+        "5": {"class_type": "FinePhysCameraMotion", "inputs": {"images": ["2", 0], "pose2d": ["3", 0]}},
+        "6": {"class_type": "FinePhysSavePose",
+              "inputs": {"filename_prefix": "finephys_test/tracked", "format": "json", "pose2d": ["5", 0]}},
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["5", 1]}},
     }
     bad_input = {  # Lift fed from the 3D-less output of a 2D file: a clear error, ComfyUI keeps running
         "1": {"class_type": "FinePhysLoadPose", "inputs": {"pose_file": "finephys_test/clip_pose2d.npz", "path": ""}},
@@ -269,6 +274,11 @@ def test_detect_prompt_reads_models_folder(comfy):
     assert (pose.scores.max(-1) > 0.8).all()
     x1, y1, x2, y2 = BOX
     assert x1 <= pose.keypoints[0, 0, 0] <= x2 and y1 <= pose.keypoints[0, 0, 1] <= y2  # pelvis inside the person
+    # the same image three times: Camera Motion finds a still camera, or keeps the last one where the plain
+    # background has too little to track; either way every frame maps onto the first unmoved
+    tracked = load_pose(comfy["base"] / "output" / "finephys_test" / "tracked_00001_pose2d.json")
+    assert tracked.camera_motion.shape == (3, 2, 3) and np.allclose(tracked.camera_motion, np.eye(2, 3), atol=1e-3)
+    assert len(run["outputs"]["7"]["images"]) == 3
 
 
 def test_bad_input_is_a_clear_error(comfy):

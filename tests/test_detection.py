@@ -346,6 +346,37 @@ def test_detect_video_stride_fps_and_errors(tmp_path, light):
         detect_video(tmp_path / "empty.avi", light)
 
 
+def test_detect_video_measures_the_camera_pan_and_the_cli_keeps_it(tmp_path, light, model_dir):
+    """A camera panning 6 px a frame right over a textured wall, following the 'person' (its box stays put):
+    detect_video(camera_motion=True) measures the pan; `detect --camera-motion` writes it and `refine` keeps it."""
+    from finephys_core.__main__ import main as cli_main
+    from finephys_core.bench.moving_camera import background
+
+    wall = background(416, 416 + 6 * 8, np.random.default_rng(0))
+    frames = []
+    for t in range(8):
+        img = np.ascontiguousarray(wall[:, 6 * t:6 * t + 416])
+        img[60:300, 100:180] = (255, 0, 0)
+        frames.append(img)
+    path = write_video(tmp_path / "pan.avi", frames)
+    calls = []
+    pose = detect_video(path, light, stride=2, camera_motion=True, progress=calls.append)
+    assert pose.num_frames == 4 and len(calls) == 8                   # 4 detected + 4 tracked frames
+    np.testing.assert_allclose(pose.camera_motion[:, 0, 2], [0, 12, 24, 36], atol=0.5)  # frame t → frame 0
+    np.testing.assert_allclose(pose.camera_motion[:, :, :2], np.broadcast_to(np.eye(2), (4, 2, 2)), atol=0.01)
+    assert detect_video(path, light).camera_motion is None
+
+    out = tmp_path / "pose.npz"
+    assert cli_main(["detect", str(path), "-o", str(out), "--mode", "lightweight", "--model-dir", str(model_dir),
+                     "--camera-motion"]) == 0
+    with np.load(out) as z:
+        assert z["camera_motion"].shape == (8, 2, 3)
+        np.testing.assert_allclose(z["camera_motion"][:, 0, 2], 6 * np.arange(8), atol=0.5)
+    assert cli_main(["refine", str(out), "-o", str(tmp_path / "refined.npz"), "--fit-2d", "5"]) == 0
+    with np.load(tmp_path / "refined.npz") as z:
+        np.testing.assert_allclose(z["camera_motion"][:, 0, 2], 6 * np.arange(8), atol=0.5)
+
+
 # ----------------------------------------------------------------------------- POSE_KEYPOINT
 
 def openpose_person(coco_xy, coco_scores):

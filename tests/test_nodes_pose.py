@@ -28,6 +28,7 @@ POSE_MODULES = ("detect", "pose", "pose_io", "loaders")
 WIDGETS = {
     "FinePhysDetectPose2D": ["mode", "fps", "frame_stride", "keypoint_set", "device"],
     "FinePhysPoseFromKeypoints": ["fps"],
+    "FinePhysCameraMotion": [],
     "FinePhysLoadPoseModel": ["model_name"],
     "FinePhysLiftICL3D": [],
     "FinePhysPhysNetRefine": ["frame_stride"],
@@ -40,6 +41,7 @@ WIDGETS = {
 SOCKETS = {
     "FinePhysDetectPose2D": (["images:IMAGE"], ["FINEPHYS_POSE2D"]),
     "FinePhysPoseFromKeypoints": (["pose_keypoint:POSE_KEYPOINT"], ["FINEPHYS_POSE2D"]),
+    "FinePhysCameraMotion": (["images:IMAGE", "pose2d:FINEPHYS_POSE2D"], ["FINEPHYS_POSE2D", "IMAGE"]),
     "FinePhysLoadPoseModel": ([], ["FINEPHYS_POSE_MODEL"]),
     "FinePhysLiftICL3D": (["pose2d:FINEPHYS_POSE2D", "pose_model:FINEPHYS_POSE_MODEL"], ["FINEPHYS_POSE3D"]),
     "FinePhysPhysNetRefine": (["pose3d_dd:FINEPHYS_POSE3D", "pose_model:FINEPHYS_POSE_MODEL"], ["FINEPHYS_POSE3D"]),
@@ -358,6 +360,24 @@ def test_pose_from_keypoints(classes):
     pose = classes["FinePhysPoseFromKeypoints"]().run(people, 24.0)[0]
     assert isinstance(pose, Pose2D) and pose.keypoints.shape == (3, 17, 2) and pose.fps == 24.0
     assert pose.image_size == (320, 240) and (pose.scores[1] == 0).all() and (pose.scores[0] > 0).any()
+
+
+def test_camera_motion_node_measures_a_pan_on_strided_frames(classes):
+    from finephys_core.bench.moving_camera import camera_maps, render_frames
+    from finephys_core.bench.physics import load_heldout
+    from finephys_core.camera_motion import apply_affine, invert_affine
+
+    clip = load_heldout()[0]
+    frames, true = render_frames(clip, 1.0, 1.2)
+    seen = apply_affine(clip["det_keypoints"].astype(np.float64), invert_affine(camera_maps(clip, 1.0, 1.2)[0]))
+    pose = Pose2D(seen[::2], clip["det_scores"][::2], tuple(clip["image_size"]), 12.5)  # detected with stride 2
+    images = torch.from_numpy(frames).float() / 255
+    out, stabilized = classes["FinePhysCameraMotion"]().run(images, pose)
+    assert isinstance(out, Pose2D) and np.array_equal(out.keypoints, pose.keypoints)
+    assert np.abs(apply_affine(seen[::2], out.camera_motion) - apply_affine(seen[::2], true[::2])).max() < 2.0
+    assert stabilized.shape == images[::2].shape and stabilized.dtype == torch.float32
+    with pytest.raises(PoseError, match="2D pose has 17 frames but there are 10 images"):
+        classes["FinePhysCameraMotion"]().run(images[:10], pose)
 
 
 # ----------------------------------------------------------------------------- files and preview
