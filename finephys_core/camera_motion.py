@@ -161,7 +161,13 @@ def stabilize_frames(frames, maps: np.ndarray) -> np.ndarray:
     T, H, W = frames.shape[:3]
     out = np.empty((T, H, W, 3), np.float32)
     for t in range(T):
-        out[t] = cv2.warpAffine(_uint8(frames[t])[..., :3], maps[t], (W, H)).astype(np.float32) / 255.0
+        image = np.asarray(frames[t])[..., :3]
+        image = np.ascontiguousarray(image if image.dtype == np.uint8 else image.astype(np.float32, copy=False))
+        warped = cv2.warpAffine(image, maps[t], (W, H))
+        if warped.dtype == np.uint8:
+            np.multiply(warped, np.float32(1 / 255), out=out[t])
+        else:
+            out[t] = warped
     return out
 
 

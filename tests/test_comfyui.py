@@ -297,6 +297,8 @@ def test_shipped_refine_workflow_runs(comfy):
     assert pose2d.keypoints.shape == (VIDEO_FRAMES, 17, 2) and pose2d.image_size == (416, 416)
     assert pose3d.joints.shape == (VIDEO_FRAMES, 17, 3) and pose3d.source == "fused"
     assert abs(pose2d.fps - 25.0) < 1e-3  # the video's fps reached the detector through the linked widget
+    # the workflow's Camera Motion node: the reprojection keeps each frame's camera map, the 3D knows it was used
+    assert pose2d.camera_motion.shape == (VIDEO_FRAMES, 2, 3) and pose3d.meta["camera_motion_compensated"]
 
 
 @pytest.mark.skipif(not SD15_MODELS, reason="set FINEPHYS_SD15_MODELS to a models/ folder with SD1.5 files "
