@@ -153,17 +153,20 @@ def estimate_camera_motion(frames: Iterable, keypoints: np.ndarray, scores: np.n
     return maps, tracked
 
 
-def stabilize_frames(frames, maps: np.ndarray) -> np.ndarray:
+def stabilize_frames(frames, maps: np.ndarray, max_side: int | None = None) -> np.ndarray:
     """Frames (T, H, W, 3) warped into the first frame's view by ``maps`` (T, 2, 3): float32 in [0, 1], black
-    where a frame did not see. A panning camera's clip then stands still and the athlete travels across it."""
+    where a frame did not see, shrunk to ``max_side`` pixels on the longer side when larger. A panning camera's
+    clip then stands still and the athlete travels across it."""
     import cv2
 
     T, H, W = frames.shape[:3]
-    out = np.empty((T, H, W, 3), np.float32)
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(H, W))
+    size = (max(1, round(W * scale)), max(1, round(H * scale)))
+    out = np.empty((T, size[1], size[0], 3), np.float32)
     for t in range(T):
         image = np.asarray(frames[t])[..., :3]
         image = np.ascontiguousarray(image if image.dtype == np.uint8 else image.astype(np.float32, copy=False))
-        warped = cv2.warpAffine(image, maps[t], (W, H))
+        warped = cv2.warpAffine(image, maps[t] * scale, size, flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         if warped.dtype == np.uint8:
             np.multiply(warped, np.float32(1 / 255), out=out[t])
         else:

@@ -55,8 +55,9 @@ def lift_pose(pose2d: Pose2D, model: PoseModel, overlap: int | None = None, num_
 
     Raises PoseError for a non-Pose2D or when no joint has a score above 0 ("no person detected").
     A 2D with ``camera_motion`` is lifted as the static camera of its first frame saw it
-    (:meth:`Pose2D.stabilized`): the athlete's travel across the image is a cue the lifter reads. One frame is fine. ``num_prompts`` > 1 averages the lifts with the k nearest prompt pairs, chosen for
-    each window (``prompt_per_window``, as training chooses per item) or once for the whole clip.
+    (:meth:`Pose2D.stabilized`): the athlete's travel across the image is a cue the lifter reads.
+    One frame is fine. ``num_prompts`` > 1 averages the lifts with the k nearest prompt pairs, chosen for each
+    window (``prompt_per_window``, as training chooses per item) or once for the whole clip.
     ``mirror_average``: also lift the clip's mirror image and average the two (un-mirrored), the
     left↔right test-time augmentation of VideoPose3D/MotionBERT; it makes the lift exactly
     mirror-equivariant and makes S_dd 2.7–3.4 mm more accurate on the held-out set (v4, v5 weights) for 2× the

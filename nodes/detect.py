@@ -124,7 +124,8 @@ class FinePhysCameraMotion:
     RETURN_NAMES = ("pose2d", "stabilized")
     OUTPUT_TOOLTIPS = ("The same 2D pose, carrying the camera's motion: lifting and FusePoses then read it as a "
                        "static camera would have seen it, and FusePoses' reprojection stays in each frame's pixels.",
-                       "The frames warped into the first frame's view: the background should stand still.")
+                       "The frames warped into the first frame's view (at most 640 px on the longer side): the "
+                       "background should stand still.")
     DESCRIPTION = ("For footage whose camera pans, tilts or zooms after the athlete (broadcast gymnastics). Tracks "
                    "corners of the background (the athlete's box left out) from frame to frame and fits a "
                    "similarity per frame pair. The lifter then sees the athlete's travel across the arena again, "
@@ -152,7 +153,7 @@ class FinePhysCameraMotion:
             maps, _ = camera_motion.estimate_camera_motion(frames, pose2d.keypoints, pose2d.scores, progress)
         finally:
             progress.close()
-        stabilized = torch.from_numpy(camera_motion.stabilize_frames(frames, maps))
+        stabilized = torch.from_numpy(camera_motion.stabilize_frames(frames, maps, camera_motion.TRACK_SIDE))
         return replace(pose2d, camera_motion=maps), stabilized
 
 

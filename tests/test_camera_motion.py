@@ -134,3 +134,6 @@ def test_stabilized_frames_stand_still(clip):
     region = (slice(20, 60), slice(20, 60))
     assert np.abs(still[5][region] - frames[0][region] / 255.0).mean() < 0.03
     assert np.abs(frames[5][region] / 255.0 - frames[0][region] / 255.0).mean() > 0.05
+    small = cm.stabilize_frames(frames[:8], true[:8], max_side=427)        # half size: the same picture
+    assert small.shape == (8, 240, 427, 3)
+    assert np.abs(small[5][10:30, 10:30] - still[5][20:60:2, 20:60:2]).mean() < 0.05

@@ -375,7 +375,7 @@ def test_camera_motion_node_measures_a_pan_on_strided_frames(classes):
     out, stabilized = classes["FinePhysCameraMotion"]().run(images, pose)
     assert isinstance(out, Pose2D) and np.array_equal(out.keypoints, pose.keypoints)
     assert np.abs(apply_affine(seen[::2], out.camera_motion) - apply_affine(seen[::2], true[::2])).max() < 2.0
-    assert stabilized.shape == images[::2].shape and stabilized.dtype == torch.float32
+    assert stabilized.shape == (17, 360, 640, 3) and stabilized.dtype == torch.float32   # 854×480 shrunk to 640
     with pytest.raises(PoseError, match="2D pose has 17 frames but there are 10 images"):
         classes["FinePhysCameraMotion"]().run(images[:10], pose)
 

@@ -563,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{t['fused_over_best_filter']:.3f} (≤ 0.90), bone std {t['fused_bone_std_mm']:.1f} mm (≤ 10), "
                   f"MPJPE {t['fused_mpjpe_mm']:.1f} mm (≤ 60): {'PASS' if t['pass'] else 'FAIL'}")
     print(json.dumps({"weights": args.weights or "default", "score_power": args.score_power, "zoom": args.zoom,
-                      "track": args.track, "stabilize": args.stabilize, "detections": args.detections, "results": result,
+                      "track": args.track, "stabilize": args.stabilize, "detections": args.detections,
+                      "results": result,
                       "targets": tg, "targets_fit2d": tg_fit, "targets_fit2d_gravity": tg_gravity,
                       "seconds": round(time.time() - t0, 1)}))
     return 0
