@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="iterations of the fused pose's test-time fit to the 2D (default: the pipeline's, "
                         "camera.DEFAULT_FIT_2D_ITERS; 0 = the paper's fusion)")
     r.add_argument("--static-camera", action="store_true",
-                   help="the camera does not pan or zoom: correct the body's size by how fast it falls in flight "
-                        "(after the 2D fit; wrong for a camera that follows the athlete)")
+                   help="the camera does not pan or zoom, or the input's camera_motion (detect --camera-motion) "
+                        "measured it: correct the body's size by how fast it falls in flight (after the 2D fit; "
+                        "wrong for a camera that follows the athlete unmeasured)")
     r.add_argument("--stride", type=int, default=1,
                    help="the input keeps every S-th frame of a video at --fps (dt = S/fps); leave 1 when "
                         "fps is already the rate of the frames in the file (what `detect` writes)")
