@@ -223,7 +223,8 @@ def fit_perspective(joints3d: Tensor, keypoints2d: Tensor, weights: Tensor, foca
 def follow_athlete(points: Tensor, pelvis: Tensor, share) -> Tensor:
     """Image points (..., T, J, 2) as a camera panning after the athlete sees them: ``share`` (a number or
     (...,) per clip; 1 = the athlete stays put) of the pelvis's travel (..., T, 1, 2) from its mean over the
-    clip is taken out of every frame. The panning camera of training's augmentation and ``bench --track``."""
+    clip is taken out of every frame. The panning camera of training's augmentation (``bench --track`` moves the
+    detections the same way, in numpy: :func:`bench.moving_camera.camera_maps`)."""
     share = torch.as_tensor(share, dtype=points.dtype)
     return points - share[..., None, None, None] * (pelvis - pelvis.mean(-3, keepdim=True))
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from finephys_core import camera_motion as cm
-from finephys_core.bench.moving_camera import camera_maps, render_frames
-from finephys_core.bench.physics import load_heldout
+from finephys_core.bench.moving_camera import render_frames
+from finephys_core.bench.physics import filmed_detections, load_heldout
 from finephys_core.sequence import Pose2D, PoseError, load_pose, save_pose
 
 
@@ -27,9 +27,8 @@ def _static_detections(clip) -> Pose2D:
 def _filmed(clip, track: float, zoom: float) -> tuple[np.ndarray, np.ndarray, Pose2D]:
     """(frames, true maps into the first frame, the detections as that camera sees them)."""
     frames, true = render_frames(clip, track, zoom, seed=1)
-    to_static, _ = camera_maps(clip, track, zoom)
-    seen = cm.apply_affine(clip["det_keypoints"].astype(np.float64), cm.invert_affine(to_static))
-    return frames, true, replace(_static_detections(clip), keypoints=seen.astype(np.float32))
+    return frames, true, replace(_static_detections(clip),
+                                 keypoints=filmed_detections(clip, track, zoom)["det_keypoints"])
 
 
 def test_affine_helpers_round_trip():
@@ -39,6 +38,21 @@ def test_affine_helpers_round_trip():
     p = rng.normal(0, 100, (5, 17, 2))
     assert np.allclose(cm.apply_affine(cm.apply_affine(p, a), cm.invert_affine(a)), p)
     assert np.allclose(cm.apply_affine(p, cm.compose_affine(a, b)), cm.apply_affine(cm.apply_affine(p, b), a))
+
+
+def test_the_bench_camera_pans_as_training_does(clip):
+    """`bench --track` moves the detections as training's panning augmentation (camera.follow_athlete) does."""
+    import torch
+
+    from finephys_core.camera import follow_athlete
+
+    pelvis = torch.from_numpy(clip["keypoints_2d"][:, :1].astype(np.float64))
+    trained = follow_athlete(torch.from_numpy(clip["det_keypoints"].astype(np.float64)), pelvis, 0.7).numpy()
+    assert np.abs(filmed_detections(clip, 0.7, 1.0)["det_keypoints"] - trained).max() < 1e-3
+    zoomed = filmed_detections(clip, 0.0, 2.0)["det_keypoints"]
+    centre = np.asarray(clip["image_size"]) / 2
+    assert np.allclose(zoomed[-1], (clip["det_keypoints"][-1] - centre) * 2 + centre, atol=1e-3)
+    assert np.allclose(zoomed[0], clip["det_keypoints"][0], atol=1e-4)
 
 
 @pytest.mark.parametrize("track,zoom", [(1.0, 1.0), (0.5, 1.5)])

@@ -363,13 +363,13 @@ def test_pose_from_keypoints(classes):
 
 
 def test_camera_motion_node_measures_a_pan_on_strided_frames(classes):
-    from finephys_core.bench.moving_camera import camera_maps, render_frames
-    from finephys_core.bench.physics import load_heldout
-    from finephys_core.camera_motion import apply_affine, invert_affine
+    from finephys_core.bench.moving_camera import render_frames
+    from finephys_core.bench.physics import filmed_detections, load_heldout
+    from finephys_core.camera_motion import apply_affine
 
     clip = load_heldout()[0]
     frames, true = render_frames(clip, 1.0, 1.2)
-    seen = apply_affine(clip["det_keypoints"].astype(np.float64), invert_affine(camera_maps(clip, 1.0, 1.2)[0]))
+    seen = filmed_detections(clip, 1.0, 1.2)["det_keypoints"]
     pose = Pose2D(seen[::2], clip["det_scores"][::2], tuple(clip["image_size"]), 12.5)  # detected with stride 2
     images = torch.from_numpy(frames).float() / 255
     out, stabilized = classes["FinePhysCameraMotion"]().run(images, pose)

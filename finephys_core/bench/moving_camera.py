@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..camera_motion import compose_affine, invert_affine
+from ..camera_motion import apply_affine, compose_affine, invert_affine
 from ..skeleton import H36M17
 
 
@@ -31,7 +31,8 @@ def background(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
 
 def camera_maps(clip: dict, track: float, zoom: float) -> tuple[np.ndarray, np.ndarray]:
     """(T, 2, 3) maps of each frame's pixels into the static camera's, and (T, 2, 3) into the first frame's,
-    for the camera of ``bench --track`` / ``--zoom``: ``track`` of the pelvis's travel from its clip mean taken
+    for the camera of ``bench --track`` / ``--zoom`` (it moves the detections, :func:`.physics.filmed_detections`,
+    and films the frames): ``track`` of the pelvis's travel from its clip mean taken
     out, then a zoom about the image centre from 1× to ``zoom``×, geometric."""
     size = np.asarray(clip["image_size"], np.float64)
     pelvis = clip["keypoints_2d"][:, 0].astype(np.float64)
@@ -51,14 +52,13 @@ def render_frames(clip: dict, track: float, zoom: float, seed: int = 0) -> tuple
 
     w, h = (int(v) for v in clip["image_size"])
     to_static, to_first = camera_maps(clip, track, zoom)
-    corners = np.array([[0, 0], [w, 0], [0, h], [w, h]], np.float64)
-    seen = np.einsum("tij,kj->tki", to_static[..., :2], corners) + to_static[:, None, :, 2]
+    corners = np.broadcast_to(np.array([[0, 0], [w, 0], [0, h], [w, h]], np.float64), (len(to_static), 4, 2))
+    seen = apply_affine(corners, to_static)
     lo, hi = np.floor(seen.min((0, 1))) - 8, np.ceil(seen.max((0, 1))) + 8
     plane = background(int(hi[1] - lo[1]), int(hi[0] - lo[0]), np.random.default_rng(seed))
     to_plane = to_static.copy()
     to_plane[:, :, 2] -= lo
-    athlete = np.einsum("tij,tkj->tki", invert_affine(to_static)[..., :2], clip["keypoints_2d"].astype(np.float64))
-    athlete += invert_affine(to_static)[:, None, :, 2]
+    athlete = apply_affine(clip["keypoints_2d"].astype(np.float64), invert_affine(to_static))
     width = max(3, h // 60)
     frames = np.empty((len(to_static), h, w, 3), np.uint8)
     for t, m in enumerate(to_plane):

@@ -138,27 +138,17 @@ def _non_negative(text: str) -> float | None:
     return value if value >= 0 else None
 
 
-def zoom_detections(clip: dict, zoom: float) -> dict:
-    """The clip with its detections as a camera zooming about the image centre would see them: 1× at the
-    first frame to ``zoom``× at the last, geometric in between (broadcast footage). The truth is root-relative
-    3D, so it does not change."""
-    T = len(clip["det_keypoints"])
-    factor = np.geomspace(1.0, zoom, T)[:, None, None]
-    centre = np.asarray(clip["image_size"], np.float64) / 2.0
-    zoomed = (clip["det_keypoints"].astype(np.float64) - centre) * factor + centre
-    return {**clip, "det_keypoints": zoomed.astype(clip["det_keypoints"].dtype)}
+def filmed_detections(clip: dict, track: float, zoom: float) -> dict:
+    """The clip with its detections as the camera of ``--track`` / ``--zoom`` sees them
+    (:func:`.moving_camera.camera_maps`): panning after the athlete by ``track`` of the pelvis's travel (1 = the
+    athlete stays put), zooming about the image centre from 1× to ``zoom``× (broadcast footage). The truth is
+    root-relative 3D, so it does not change."""
+    from ..camera_motion import apply_affine, invert_affine
+    from .moving_camera import camera_maps
 
-
-def track_detections(clip: dict, share: float) -> dict:
-    """The clip with its detections as a camera panning after the athlete would see them: ``share`` of the
-    pelvis's travel across the image (from the clean 2D) taken out of every frame; 1 = the athlete stays put."""
-    import torch
-
-    from ..camera import follow_athlete
-
-    pelvis = torch.from_numpy(clip["keypoints_2d"][:, :1].astype(np.float64))
-    moved = follow_athlete(torch.from_numpy(clip["det_keypoints"].astype(np.float64)), pelvis, share)
-    return {**clip, "det_keypoints": moved.numpy().astype(clip["det_keypoints"].dtype)}
+    to_static, _ = camera_maps(clip, track, zoom)
+    seen = apply_affine(clip["det_keypoints"].astype(np.float64), invert_affine(to_static))
+    return {**clip, "det_keypoints": seen.astype(clip["det_keypoints"].dtype)}
 
 
 def clips_from_shards(path, max_clips: int | None = None) -> list[dict]:
@@ -533,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         clips = [c for c in keep if c is not None]
     for c in clips:
         c["det_scores"] = c["det_scores"] ** args.score_power
-    clips = [zoom_detections(track_detections(c, args.track), args.zoom) for c in clips]
+    clips = [filmed_detections(c, args.track, args.zoom) for c in clips]
     if args.stabilize:
         clips = [film_camera_motion(c, args.track, args.zoom, i) for i, c in enumerate(clips)]
         print(f"camera motion estimated from rendered frames: detections mapped within "
