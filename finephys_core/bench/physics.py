@@ -193,17 +193,18 @@ def method_outputs(model, pose2d: Pose2D) -> dict[str, np.ndarray]:
     import torch
 
     from ..camera import DEFAULT_FIT_2D_ITERS, fuse, fuse_poses
-    from ..gravity import STATIC_CAMERA_GRAVITY_WEIGHT, gravity_size_factor
+    from ..gravity import STATIC_CAMERA_GRAVITY_WEIGHT
     from ..refine import refine_pose2d
 
     res = refine_pose2d(pose2d, model)
     dd = res.dd.joints.astype(np.float64)
     free = fuse(torch.from_numpy(dd), torch.from_numpy(res.pp.joints.astype(np.float64)))
-    fitted, reprojected = fuse_poses(res.dd, res.pp, pose2d, fit_2d=DEFAULT_FIT_2D_ITERS)
-    size = gravity_size_factor(reprojected.stabilized().keypoints, fitted.joints, pose2d.fps,
-                               STATIC_CAMERA_GRAVITY_WEIGHT)
-    out = {"dd": dd, "pp": res.pp.joints, "fused": res.fused.joints, "fused+fit2d": fitted.joints,
-           "fused+fit2d+gravity": size * fitted.joints,
+    # One fit serves both rows: gravity only rescales the fitted pose, by the factor it records.
+    with_gravity = fuse_poses(res.dd, res.pp, pose2d, fit_2d=DEFAULT_FIT_2D_ITERS,
+                              gravity_weight=STATIC_CAMERA_GRAVITY_WEIGHT)[0]
+    fitted = with_gravity.joints.astype(np.float64) / with_gravity.meta["gravity_size_factor"]
+    out = {"dd": dd, "pp": res.pp.joints, "fused": res.fused.joints, "fused+fit2d": fitted,
+           "fused+fit2d+gravity": with_gravity.joints,
            "fused_free": free.numpy(),
            "dd+savgol": filters.savgol(dd, 7, 2), "dd+one_euro": filters.one_euro(dd, pose2d.fps, **ONE_EURO)}
     return {k: np.asarray(v, np.float64) - np.asarray(v, np.float64)[:, :1] for k, v in out.items()}
