@@ -513,6 +513,17 @@ def test_oracle_corrections_remove_exactly_their_error():
     assert exact(1.1 * truth, "true_proportions") > 1e-3                 # proportions were right; size stays wrong
     assert exact(0.9 * truth @ turn.T, "clip_similarity") < 1e-9
     assert exact(0.9 * truth @ turn.T, "clip_scale") > 1e-2
+    frames = np.linspace(0.1, 0.5, len(truth))                   # a rotation that changes from frame to frame
+    c, s = np.cos(frames)[:, None, None], np.sin(frames)[:, None, None]
+    zero, one = 0 * c, np.ones_like(c)
+    in_image = np.concatenate([np.concatenate([c, -s, zero], 2), np.concatenate([s, c, zero], 2),
+                               np.concatenate([zero, zero, one], 2)], 1)                          # about z
+    about_y = np.concatenate([np.concatenate([c, zero, s], 2), np.concatenate([zero, one, zero], 2),
+                              np.concatenate([-s, zero, c], 2)], 1)                               # a tilt
+    for name, rotated in (("frame_turn", in_image), ("frame_tilt", about_y)):
+        other = "frame_tilt" if name == "frame_turn" else "frame_turn"
+        pred = 1.1 * truth @ np.swapaxes(rotated, -1, -2)
+        assert exact(pred, name) < 1e-9 and exact(pred, other) > 1e-2 and exact(pred, "clip_similarity") > 1e-3
     bones = bone_vectors(torch.from_numpy(truth))
     bones[5:9, 2, 2] *= -1                                       # the right shin points the other way in depth
     flipped = joints_from_bones(torch.from_numpy(truth[:, :1]), bones).numpy()

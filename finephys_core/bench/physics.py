@@ -45,7 +45,8 @@ ONE_EURO = {"min_cutoff": 8.0, "beta": 1.0, "d_cutoff": 1.0}   # tune_one_euro o
 PER_FRAME = ("joints_cam", "keypoints_2d", "det_keypoints", "det_scores", "flight", "com_world")
 METHODS = ("dd", "pp", "fused", "fused+fit2d", "fused+fit2d+gravity", "fused_free", "dd+savgol", "dd+one_euro")
 SPECTRUM_CUTOFFS = (0.5, 1.0, 2.0, 4.0, 8.0)                   # Hz, for --error-spectrum
-ORACLES = ("clip_scale", "clip_similarity", "true_proportions", "true_bone_lengths", "depth_signs")
+ORACLES = ("clip_scale", "clip_similarity", "frame_tilt", "frame_turn", "true_proportions", "true_bone_lengths",
+           "depth_signs")
 BUDGET_METHODS = ("dd", "fused+fit2d")                          # for --error-budget
 PAIRED_METHODS = ("dd", "fused", "fused+fit2d")                 # for --baseline
 FIELDS = ("mpjpe", "n_mpjpe", "pa_mpjpe", "mpjve", "accel_error", "bone_std", "jitter")
@@ -289,7 +290,10 @@ def oracle_corrections(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray
     ``clip_similarity`` one rotation and scale for the clip; ``true_proportions`` the truth's bone lengths
     rescaled to ``pred``'s total length (its proportions, not its size); ``true_bone_lengths`` the truth's bone
     lengths; ``depth_signs`` every bone pointing the truth's way along the camera axis (z) where the two
-    disagree: the depth flips of monocular lifting. Each is :data:`ORACLES`' entry in order.
+    disagree: the depth flips of monocular lifting. ``frame_tilt`` / ``frame_turn``: each frame turned about its
+    root by one part of its best rotation onto the truth (:func:`tilt_and_turn`), then the clip's size fixed:
+    its tilt towards or away from the camera, which one view hardly shows, or its turn in the image plane,
+    which the 2D shows. Each is :data:`ORACLES`' entry in order.
     """
     import torch
 
@@ -302,13 +306,31 @@ def oracle_corrections(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray
     flipped[..., 2] = torch.where(torch.sign(bones[..., 2]) != torch.sign(true_bones[..., 2]),
                                   -bones[..., 2], bones[..., 2])
     as_one_pose = lambda x: np.asarray(x, np.float64).reshape(1, -1, 3)  # noqa: E731  (the clip as one point set)
-    clip_aligned = lambda align: align(as_one_pose(pred), as_one_pose(gt)).reshape(np.shape(pred))  # noqa: E731
+    clip_aligned = lambda align, x=pred: align(as_one_pose(x), as_one_pose(gt)).reshape(np.shape(pred))  # noqa: E731
+    tilt, turn = tilt_and_turn(np.asarray(pred, np.float64), np.asarray(gt, np.float64))
     return {"clip_scale": clip_aligned(metrics.scale_align),
             "clip_similarity": clip_aligned(metrics.procrustes_align),
+            "frame_tilt": clip_aligned(metrics.scale_align, pred @ np.swapaxes(tilt, -1, -2)),
+            "frame_turn": clip_aligned(metrics.scale_align, pred @ np.swapaxes(turn, -1, -2)),
             "true_proportions": constant_bone_lengths(p, true_len * bones.norm(dim=-1).mean(0).sum() / true_len.sum()
                                                       ).numpy(),
             "true_bone_lengths": constant_bone_lengths(p, true_len).numpy(),
             "depth_signs": joints_from_bones(p[:, :1], flipped).numpy()}
+
+
+def tilt_and_turn(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The best rotation about the root of each pose (..., J, 3) of ``pred`` onto ``gt`` (both root-relative),
+    split as R = tilt · turn (column vectors): ``turn`` (..., 3, 3) about the camera axis z, ``tilt`` about an
+    axis in the image plane, the shortest rotation taking z where R takes it."""
+    u, _, vt = np.linalg.svd(np.swapaxes(pred, -1, -2) @ gt)
+    u[..., :, -1] *= np.sign(np.linalg.det(u @ vt))[..., None]
+    rotation = np.swapaxes(u @ vt, -1, -2)                 # rotation @ p ≈ g for column vectors
+    z = rotation[..., :, 2]                                # where the camera axis goes
+    cross = np.zeros_like(rotation)                        # [e_z × z]×, e_z × z = (−z_y, z_x, 0)
+    cross[..., 0, 2], cross[..., 1, 2] = z[..., 0], z[..., 1]
+    cross[..., 2, 0], cross[..., 2, 1] = -z[..., 0], -z[..., 1]
+    tilt = np.eye(3) + cross + cross @ cross / np.maximum(1.0 + z[..., 2], 1e-9)[..., None, None]
+    return tilt, np.swapaxes(tilt, -1, -2) @ rotation
 
 
 def error_budget(model, clips: list[dict], fps_list=BENCH_FPS, methods=BUDGET_METHODS) -> dict:
