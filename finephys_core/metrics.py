@@ -38,19 +38,23 @@ def n_mpjpe(pred, gt) -> float:
     return mpjpe(scale_align(pred, gt), gt)
 
 
+def best_rotation(p: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) the rotation (no reflection) with p @ rot closest to g for point sets (..., J, 3), about
+    the origin (Kabsch)."""
+    u, _, vt = np.linalg.svd(np.swapaxes(p, -1, -2) @ g)
+    u[..., :, -1] *= np.sign(np.linalg.det(u @ vt))[..., None]   # −1 where the best orthogonal map reflects
+    return u @ vt
+
+
 def procrustes_align(pred, gt) -> np.ndarray:
     """Align each pose (..., J, 3) of ``pred`` to ``gt`` by the best similarity transform (no reflection)."""
     pred, gt = _pair(pred, gt)
-    mu_p = pred.mean(-2, keepdims=True)
     mu_g = gt.mean(-2, keepdims=True)
-    p, g = pred - mu_p, gt - mu_g
-    u, s, vt = np.linalg.svd(np.swapaxes(p, -1, -2) @ g)
-    d = np.sign(np.linalg.det(u @ vt))                     # −1 where the best orthogonal map is a reflection
-    s[..., -1] *= d
-    u[..., :, -1] *= d[..., None]
-    rot = u @ vt                                           # p @ rot ≈ g
-    scale = s.sum(-1)[..., None, None] / np.maximum((p * p).sum(axis=(-2, -1), keepdims=True), 1e-12)
-    return scale * p @ rot + mu_g
+    p, g = pred - pred.mean(-2, keepdims=True), gt - mu_g
+    rotated = p @ best_rotation(p, g)
+    scale = (rotated * g).sum(axis=(-2, -1), keepdims=True) / np.maximum((p * p).sum(axis=(-2, -1), keepdims=True),
+                                                                         1e-12)
+    return scale * rotated + mu_g
 
 
 def pa_mpjpe(pred, gt) -> float:

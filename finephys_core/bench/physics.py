@@ -307,11 +307,11 @@ def oracle_corrections(pred: np.ndarray, gt: np.ndarray) -> dict[str, np.ndarray
                                   -bones[..., 2], bones[..., 2])
     as_one_pose = lambda x: np.asarray(x, np.float64).reshape(1, -1, 3)  # noqa: E731  (the clip as one point set)
     clip_aligned = lambda align, x=pred: align(as_one_pose(x), as_one_pose(gt)).reshape(np.shape(pred))  # noqa: E731
-    tilt, turn = tilt_and_turn(np.asarray(pred, np.float64), np.asarray(gt, np.float64))
+    tilt, turn = tilt_and_turn(p.numpy(), g.numpy())
     return {"clip_scale": clip_aligned(metrics.scale_align),
             "clip_similarity": clip_aligned(metrics.procrustes_align),
-            "frame_tilt": clip_aligned(metrics.scale_align, pred @ np.swapaxes(tilt, -1, -2)),
-            "frame_turn": clip_aligned(metrics.scale_align, pred @ np.swapaxes(turn, -1, -2)),
+            "frame_tilt": clip_aligned(metrics.scale_align, p.numpy() @ np.swapaxes(tilt, -1, -2)),
+            "frame_turn": clip_aligned(metrics.scale_align, p.numpy() @ np.swapaxes(turn, -1, -2)),
             "true_proportions": constant_bone_lengths(p, true_len * bones.norm(dim=-1).mean(0).sum() / true_len.sum()
                                                       ).numpy(),
             "true_bone_lengths": constant_bone_lengths(p, true_len).numpy(),
@@ -322,9 +322,7 @@ def tilt_and_turn(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndar
     """The best rotation about the root of each pose (..., J, 3) of ``pred`` onto ``gt`` (both root-relative),
     split as R = tilt · turn (column vectors): ``turn`` (..., 3, 3) about the camera axis z, ``tilt`` about an
     axis in the image plane, the shortest rotation taking z where R takes it."""
-    u, _, vt = np.linalg.svd(np.swapaxes(pred, -1, -2) @ gt)
-    u[..., :, -1] *= np.sign(np.linalg.det(u @ vt))[..., None]
-    rotation = np.swapaxes(u @ vt, -1, -2)                 # rotation @ p ≈ g for column vectors
+    rotation = np.swapaxes(metrics.best_rotation(pred, gt), -1, -2)   # rotation @ p ≈ g for column vectors
     z = rotation[..., :, 2]                                # where the camera axis goes
     cross = np.zeros_like(rotation)                        # [e_z × z]×, e_z × z = (−z_y, z_x, 0)
     cross[..., 0, 2], cross[..., 1, 2] = z[..., 0], z[..., 1]
